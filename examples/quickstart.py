@@ -1,0 +1,1 @@
+print('perfkit quickstart: coming with the caching capability')

@@ -1,0 +1,10 @@
+"""perfkit: make Python services fast and keep them fast.
+
+The public names are listed in ``__all__``; everything else is private.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Caching: keys, backends and the ``cached`` decorator."""

@@ -1,0 +1,1 @@
+"""Cache backends: memory (default), Redis, tiered, aiocache adapter."""

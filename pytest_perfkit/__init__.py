@@ -1,0 +1,1 @@
+"""pytest plugin for perfkit: ``pytest --perf-budget``. Thin glue over :mod:`perfkit`."""
