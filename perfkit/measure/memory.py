@@ -118,7 +118,11 @@ class HeapTracer:
 
 def _top_sites(snapshot: tracemalloc.Snapshot, top: int) -> list[AllocationSite]:
     sites: list[AllocationSite] = []
-    for stat in snapshot.statistics("lineno"):
+    stats = snapshot.statistics("lineno")
+    floor = max(4096, sum(stat.size for stat in stats) // 100)
+    for stat in stats:
+        if stat.size < floor:
+            break
         frame = stat.traceback[0]
         if frame.filename == tracemalloc.__file__ or "<frozen" in frame.filename:
             continue
