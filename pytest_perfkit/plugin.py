@@ -234,6 +234,13 @@ class PerfBudgetPlugin:
             self.scale = self.calibration.factor
         _ = self.tracker
 
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._tracker is not None:
+            self._tracker.stop()
+            from perfkit.sql import uninstall_listeners
+
+            uninstall_listeners()
+
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         s = self.settings
         defaults = [f"{name}={BUDGET_KEYWORDS[name].show(getattr(s.defaults, name))}"

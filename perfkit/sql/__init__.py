@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan
 from perfkit.sql.shapes import normalize
-from perfkit.sql.tracker import Finding, LazyLoad, QueryTracker, ShapeSummary, Statement
+from perfkit.sql.tracker import (
+    Finding,
+    LazyLoad,
+    QueryTracker,
+    ShapeSummary,
+    Statement,
+    listeners_installed,
+    uninstall_listeners,
+)
 
 __all__ = [
     "Finding",
@@ -15,5 +23,7 @@ __all__ = [
     "ShapeSummary",
     "Statement",
     "check_plan",
+    "listeners_installed",
     "normalize",
+    "uninstall_listeners",
 ]

@@ -32,7 +32,15 @@ from typing import Any
 from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan
 from perfkit.sql.shapes import is_transaction_control, normalize, statement_kind
 
-__all__ = ["Finding", "LazyLoad", "QueryTracker", "ShapeSummary", "Statement"]
+__all__ = [
+    "Finding",
+    "LazyLoad",
+    "QueryTracker",
+    "ShapeSummary",
+    "Statement",
+    "listeners_installed",
+    "uninstall_listeners",
+]
 
 _MAX_TEXT = 2000
 _SHAPE_CACHE_SIZE = 4096
@@ -240,6 +248,17 @@ class _Dispatcher:
 
 
 _DISPATCHER = _Dispatcher()
+
+
+def listeners_installed() -> bool:
+    """Whether perfkit's SQLAlchemy listeners are currently installed."""
+    return _DISPATCHER.installed
+
+
+def uninstall_listeners() -> None:
+    """Remove perfkit's SQLAlchemy listeners if no tracker is running (e.g. at session end)."""
+    if not _DISPATCHER.active:
+        _DISPATCHER.uninstall()
 
 
 class QueryTracker:
