@@ -10,11 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 # Imported here, once: pytester's in-process runs drop modules first imported inside an
 # inner session, and a second copy of SQLAlchemy's enums breaks the next session.
 import anyio  # noqa: F401
+import pytest
 import sqlalchemy.orm  # noqa: F401
 
 pytest_plugins = ["pytester"]
@@ -34,8 +33,10 @@ def run(pytester: pytest.Pytester):
     def runner(source: str, *args: str, ini: str = "") -> pytest.RunResult:
         pytester.makeini(INI.format(extra=ini))
         pytester.makepyfile(test_inner=source)
-        return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-W",
-                                            "ignore::DeprecationWarning", *args)
+        return pytester.runpytest_inprocess(
+            "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            "-W", "ignore::DeprecationWarning", *args,
+        )
 
     return runner
 

@@ -42,7 +42,8 @@ class Calibration:
     runs: int
 
     def describe(self) -> str:
-        return f"x{self.factor:.2f} (reference workload {self.seconds * 1e3:.2f}ms, {self.runs} runs)"
+        return (f"x{self.factor:.2f} (reference workload {self.seconds * 1e3:.2f}ms, "
+                f"{self.runs} runs)")
 
 
 def calibrate(runs: int = 15) -> Calibration:

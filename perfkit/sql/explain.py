@@ -192,9 +192,9 @@ def _sqlite(dbapi_connection: Any, statement: str, parameters: Any, shape: str) 
         if scan is None or "USING" in scan.group(3):
             continue
         alias = _unquote(scan.group(2) or scan.group(1))
-        columns = _columns_for(alias, filters, aliases)
-        if columns:
-            check.findings.append(ScanFinding(aliases.get(alias, alias), detail, tuple(columns)))
+        filtered = _columns_for(alias, filters, aliases)
+        if filtered:
+            check.findings.append(ScanFinding(aliases.get(alias, alias), detail, tuple(filtered)))
     return check
 
 
@@ -204,7 +204,9 @@ def _plan_nodes(node: dict[str, Any]) -> Iterable[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
-_PG_COLUMN = re.compile(r"\(*\"?([A-Za-z_]\w*)\"?\)*(?:::[\w ]+)?\)? (?:=|<|>|<=|>=|<>|~~|!~~|~~\*)")
+_PG_COLUMN = re.compile(
+    r"\(*\"?([A-Za-z_]\w*)\"?\)*(?:::[\w ]+)?\)? (?:=|<|>|<=|>=|<>|~~|!~~|~~\*)"
+)
 
 
 def _postgres(

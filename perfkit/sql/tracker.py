@@ -25,8 +25,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from types import TracebackType
+from dataclasses import dataclass
+from types import FrameType, TracebackType
 from typing import Any
 
 from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan
@@ -125,12 +125,12 @@ def _library_roots() -> tuple[str, ...]:
 
 
 def _first_user_frame(roots: tuple[str, ...]) -> str:
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not filename.startswith(roots) and not filename.startswith("<frozen"):
             return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return "?"
 
 
