@@ -5,6 +5,14 @@ The public names are listed in ``__all__``; everything else is private.
 
 from __future__ import annotations
 
+from perfkit.caching import Backend, BackendError, CacheStats, MemoryBackend, cached
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "Backend",
+    "BackendError",
+    "CacheStats",
+    "MemoryBackend",
+    "cached",
+]
