@@ -22,9 +22,9 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, Literal, Protocol, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import wrapt
 from typing_extensions import ParamSpec
@@ -318,6 +318,8 @@ class _Core:
             self.backend.set(key, payload, ttl)
         except BackendError:
             self.stats.backend_errors += 1
+        except TypeError as exc:
+            raise TypeError(f"cached {self.namespace}: cannot store its result: {exc}") from exc
 
     async def astore(self, key: Key, value: Any) -> None:
         payload, ttl = self._entry(value)
@@ -328,6 +330,8 @@ class _Core:
                 await self.backend.aset(key, payload, ttl)
         except BackendError:
             self.stats.backend_errors += 1
+        except TypeError as exc:
+            raise TypeError(f"cached {self.namespace}: cannot store its result: {exc}") from exc
 
     def _unwrap(self, raw: Any) -> Any:
         return raw if raw is MISSING or self.stale_ttl is None else raw[1]
@@ -588,7 +592,9 @@ def _forget_token(ident: int, ref: weakref.ref[Any]) -> None:
 
 
 def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
-    make_key, get, miss, stats = core.keys.build, core.backend.get, core.miss, core.stats
+    make_key, miss, stats = core.keys.build, core.miss, core.stats
+    backend = core.backend
+    first, rest = backend.probe or backend.get, backend.rest
     missing = MISSING
 
     if core.stale_ttl is None:
@@ -597,7 +603,9 @@ def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             key = make_key(args, kwargs)
             try:
-                value = get(key)
+                value = first(key)
+                if value is missing and rest is not None:
+                    value = rest(key)
             except BackendError:
                 stats.backend_errors += 1
                 value = missing
@@ -614,7 +622,9 @@ def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     def swr_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = make_key(args, kwargs)
         try:
-            entry = get(key)
+            entry = first(key)
+            if entry is missing and rest is not None:
+                entry = rest(key)
         except BackendError:
             stats.backend_errors += 1
             entry = missing
@@ -631,17 +641,16 @@ def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
 
 def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     make_key, amiss, stats = core.keys.build, core.amiss, core.stats
+    backend = core.backend
+    probe, arest, aget = backend.probe, backend.arest, backend.aget
     missing = MISSING
-    local = core.backend.is_local
-    get = core.backend.get
-    aget = core.backend.aget
 
-    if core.stale_ttl is None and local:
+    if core.stale_ttl is None and probe is not None and arest is None:
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             key = make_key(args, kwargs)
-            value = get(key)  # local backend: no I/O, no await needed
+            value = probe(key)  # local tier: no I/O, no await
             if value is not missing:
                 stats.hits += 1
                 return value
@@ -655,7 +664,12 @@ def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     async def general_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = make_key(args, kwargs)
         try:
-            entry = get(key) if local else await aget(key)
+            if probe is None:
+                entry = await aget(key)
+            else:
+                entry = probe(key)
+                if entry is missing and arest is not None:
+                    entry = await arest(key)
         except BackendError:
             stats.backend_errors += 1
             entry = missing

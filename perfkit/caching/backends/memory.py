@@ -64,6 +64,7 @@ class MemoryBackend(Backend):
         self._bytes = 0
         self._evictions = 0
         self.rejected = 0
+        self.probe = self.get
 
     def get(self, key: Key) -> Any:
         entry = self._data.get(key)
