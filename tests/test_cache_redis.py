@@ -199,7 +199,7 @@ def test_redis_outage_degrades_and_recovers(redis_server, unique_ns, caplog):
     assert calls == [1]
     redis_server.stop()
     caplog.set_level(logging.WARNING, logger="perfkit.cache")
-    for i in range(20):
+    for _i in range(20):
         assert f(1) == 2  # computed, never raised
     assert f.cache_stats().backend_errors > 0
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
