@@ -5,6 +5,26 @@ The public names are listed in ``__all__``; everything else is private.
 
 from __future__ import annotations
 
+from perfkit.caching import (
+    AiocacheBackend,
+    Backend,
+    BackendError,
+    CacheStats,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+    cached,
+)
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "AiocacheBackend",
+    "Backend",
+    "BackendError",
+    "CacheStats",
+    "MemoryBackend",
+    "RedisBackend",
+    "TieredBackend",
+    "cached",
+]
