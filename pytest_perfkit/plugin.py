@@ -303,8 +303,9 @@ class PerfBudgetPlugin:
         if tracker is not None:
             tracker.reset()
             tracker.slow = budget.slow_query
-            tracker.n_plus_one = budget.n_plus_one.threshold if budget.n_plus_one.action != "off" else 0
-            tracker.lazy_parents = 2 if budget.n_plus_one.action != "off" else 0
+            n_plus_one_on = budget.n_plus_one.action != "off"
+            tracker.n_plus_one = budget.n_plus_one.threshold if n_plus_one_on else 0
+            tracker.lazy_parents = 2 if n_plus_one_on else 0
             tracker.allow = budget.allow
             tracker.explain = self.settings.explain and budget.full_scans.action != "off"
         heap_inline = budget.memory is not None and not budget.rerun and not self._memray_active()

@@ -75,7 +75,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "under pytest-xdist with >1 worker: 'warn' downgrades latency/CPU failures to "
             "warnings (parallel workers inflate timings), 'enforce' keeps them"),
     Setting("baseline", _path, "", "a JSON report of an earlier run to compare latency with"),
-    Setting("baseline_margin", _fraction, 0.25, "relative slowdown against the baseline that fails"),
+    Setting("baseline_margin", _fraction, 0.25,
+            "relative slowdown against the baseline that fails"),
     Setting("baseline_margin_abs", parse_duration, 0.002,
             "absolute slowdown against the baseline that fails"),
     Setting("report", _path, "", "write a JSON report (and an HTML page for .html) to this path"),

@@ -16,13 +16,19 @@ from perfkit.sql.shapes import is_transaction_control
 
 
 @pytest.mark.parametrize(("sql", "shape"), [
-    ("SELECT users.id FROM users \nWHERE users.id = ?", "SELECT users.id FROM users WHERE users.id = ?"),
-    ("select * from t where a in (1, 2, 3) and b = 'x''y' -- trailing", "SELECT * FROM t WHERE a IN (...) AND b = ?"),
-    ("insert into t (a, b) values (1, 2), (3, 4) returning id", "INSERT INTO t (a, b) VALUES (...) RETURNING id"),
-    ("SELECT * FROM t WHERE a = %(a_1)s AND b = $1 AND c = :name /* app=web */", "SELECT * FROM t WHERE a = ? AND b = ? AND c = ?"),
-    ("SELECT $tag$a'b$tag$, E'it\\'s', x::text FROM \"My Table\" WHERE n >= 1.5e3", 'SELECT ?, ?, x::text FROM "My Table" WHERE n >= ?'),
+    ("SELECT users.id FROM users \nWHERE users.id = ?",
+     "SELECT users.id FROM users WHERE users.id = ?"),
+    ("select * from t where a in (1, 2, 3) and b = 'x''y' -- trailing",
+     "SELECT * FROM t WHERE a IN (...) AND b = ?"),
+    ("insert into t (a, b) values (1, 2), (3, 4) returning id",
+     "INSERT INTO t (a, b) VALUES (...) RETURNING id"),
+    ("SELECT * FROM t WHERE a = %(a_1)s AND b = $1 AND c = :name /* app=web */",
+     "SELECT * FROM t WHERE a = ? AND b = ? AND c = ?"),
+    ("SELECT $tag$a'b$tag$, E'it\\'s', x::text FROM \"My Table\" WHERE n >= 1.5e3",
+     'SELECT ?, ?, x::text FROM "My Table" WHERE n >= ?'),
     ("UPDATE t SET a=%s WHERE id IN (%s, %s)", "UPDATE t SET a = ? WHERE id IN (...)"),
-    ("SELECT * FROM t WHERE id IN (SELECT x FROM u)", "SELECT * FROM t WHERE id IN (SELECT x FROM u)"),
+    ("SELECT * FROM t WHERE id IN (SELECT x FROM u)",
+     "SELECT * FROM t WHERE id IN (SELECT x FROM u)"),
 ])
 def test_normalize(sql: str, shape: str) -> None:
     assert normalize(sql) == shape
