@@ -26,45 +26,47 @@ from pathlib import Path
 WORKLOADS = textwrap.dedent('''
     import json, os, sqlite3
 
-    SLOW = int(os.environ.get("TRUST_SLOWDOWN", "1"))
+    SLOW = int(os.environ.get("TRUST_SLOWDOWN", "1"))  # a real Nx slowdown: N times the work
 
-    def cpu_loop():
+    def _cpu_loop():
         total = 0
-        for i in range(120_000 * SLOW):
+        for i in range(120_000):
             total += i % 7
         return total
 
-    def allocations():
-        return sum(len([str(i)] * 3) for i in range(40_000 * SLOW))
+    def _allocations():
+        return sum(len([str(i)] * 3) for i in range(40_000))
 
-    def dict_work():
+    def _dict_work():
         table = {}
-        for i in range(60_000 * SLOW):
+        for i in range(60_000):
             table[str(i)] = i
         return len(table)
 
-    def sorting():
-        data = [(i * 7919) % 100_003 for i in range(60_000)]
-        for _ in range(SLOW):
-            data = sorted(data, reverse=True)
-        return data[0]
+    def _sorting():
+        return sorted((i * 7919) % 100_003 for i in range(60_000))[0]
 
-    def json_work():
+    def _json_work():
         doc = {"items": [{"id": i, "name": f"n{i}"} for i in range(8000)]}
-        for _ in range(SLOW):
-            text = json.dumps(doc)
-            json.loads(text)
-        return len(text)
+        return len(json.loads(json.dumps(doc))["items"])
 
-    def sqlite_work():
+    def _sqlite_work():
         conn = sqlite3.connect(":memory:")
         conn.execute("CREATE TABLE t (a INT, b TEXT)")
-        conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, str(i)) for i in range(10_000 * SLOW)])
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, str(i)) for i in range(10_000)])
         total = conn.execute("SELECT sum(a) FROM t WHERE b LIKE '1%'").fetchone()[0]
         conn.close()
         return total
 
-    ALL = [cpu_loop, allocations, dict_work, sorting, json_work, sqlite_work]
+    def _repeat(work):
+        def run():
+            return [work() for _ in range(SLOW)][-1]
+        run.__name__ = work.__name__[1:]
+        return run
+
+    ALL = [_repeat(w) for w in (_cpu_loop, _allocations, _dict_work, _sorting, _json_work,
+                                _sqlite_work)]
+    globals().update({fn.__name__: fn for fn in ALL})
 ''')
 
 TESTS = textwrap.dedent('''
@@ -73,9 +75,11 @@ TESTS = textwrap.dedent('''
 
     BUDGETS = json.loads(os.environ["TRUST_BUDGETS"])
 
-    @pytest.mark.parametrize("name", sorted(BUDGETS))
-    def test_workload(name, request):
-        request.node.add_marker(pytest.mark.perf_budget(latency=BUDGETS[name]))
+    @pytest.mark.parametrize("name", [
+        pytest.param(name, marks=pytest.mark.perf_budget(latency=budget))
+        for name, budget in sorted(BUDGETS.items())
+    ])
+    def test_workload(name):
         getattr(workloads, name)()
 ''')
 
@@ -101,7 +105,8 @@ def calibrate(directory: Path) -> dict[str, float]:
     return budgets
 
 
-def session(directory: Path, budgets: dict[str, float], slowdown: int, noisy: bool) -> dict:
+def session(directory: Path, budgets: dict[str, float], slowdown: int, noisy: bool,
+            calibrated: bool = False) -> dict:
     env = dict(os.environ, TRUST_BUDGETS=json.dumps(budgets), TRUST_SLOWDOWN=str(slowdown),
                PYTHONPATH=str(directory))
     busy = None
@@ -112,7 +117,7 @@ def session(directory: Path, budgets: dict[str, float], slowdown: int, noisy: bo
         subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
              "no:hypothesispytest", "--perf-budget", "--perf-report=report.json",
-             "test_trust.py"],
+             f"--perf-budget-calibrate={str(calibrated).lower()}", "test_trust.py"],
             cwd=directory, env=env, capture_output=True, timeout=300, check=False,
         )
     finally:
@@ -120,6 +125,10 @@ def session(directory: Path, budgets: dict[str, float], slowdown: int, noisy: bo
             busy.terminate()
             busy.join()
     document = json.loads((directory / "report.json").read_text())
+    judged = [t for t in document["tests"] if any(r["budget"] == "latency"
+                                                   for r in t.get("results", []))]
+    if len(judged) != len(budgets):
+        raise RuntimeError(f"expected {len(budgets)} latency verdicts, got {len(judged)}")
     failed = sum(1 for t in document["tests"] if t.get("failed"))
     noise = sum(1 for t in document["tests"] for r in t["results"]
                 if r["verdict"] == "within noise")
@@ -131,6 +140,9 @@ def session(directory: Path, budgets: dict[str, float], slowdown: int, noisy: bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--calibrated", action="store_true",
+                        help="express budgets in reference-workload units and run with "
+                             "--perf-budget-calibrate (same-process machine-speed factor)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -139,12 +151,19 @@ def main() -> None:
         (directory / "pytest.ini").write_text("[pytest]\n")
         budgets = calibrate(directory)
         print("budgets (2x median):", {k: f"{v * 1e3:.1f}ms" for k, v in budgets.items()})
+        if args.calibrated:
+            from perfkit.measure.calibrate import calibrate as machine_factor
+
+            factor = machine_factor().factor
+            budgets = {name: value / factor for name, value in budgets.items()}
+            print(f"calibrated: budgets divided by this run's factor x{factor:.2f}; each "
+                  "session multiplies them by its own factor")
         for slowdown in (1, 3):
             for noisy in (False, True):
                 totals = {"sessions": 0, "tests": 0, "failed": 0, "noise": 0, "runs": 0,
                           "sessions_with_failure": 0}
                 for _ in range(args.sessions // 2):
-                    result = session(directory, budgets, slowdown, noisy)
+                    result = session(directory, budgets, slowdown, noisy, args.calibrated)
                     totals["sessions"] += 1
                     totals["sessions_with_failure"] += bool(result["failed"])
                     for key in ("tests", "failed", "noise", "runs"):

@@ -23,7 +23,7 @@ from perfkit.measure.memory import HeapPeak, HeapTracer, RssHighWater
 from perfkit.measure.stats import Margins, Verdict, judge
 from perfkit.measure.timing import CallTimer
 from perfkit.measure.units import format_duration, format_size, parse_duration
-from pytest_perfkit.budgets import BUDGET_KEYWORDS, LIMITS, Budget, layer
+from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer
 from pytest_perfkit.report import summary_lines, write_reports
 from pytest_perfkit.settings import Settings, add_options, load_settings
 from pytest_perfkit.verdicts import (
@@ -170,10 +170,6 @@ def sql_queries(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield tracker
     finally:
         tracker.stop()
-
-
-def _is_async_rerun_safe(item: pytest.Item) -> bool:
-    return isinstance(item, pytest.Function)
 
 
 class PerfBudgetPlugin:
@@ -553,4 +549,4 @@ def _sql_payload(tracker: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["LIMITS", "PerfBudgetPlugin", "PerfFixture"]
+__all__ = ["PerfBudgetPlugin", "PerfFixture", "perf", "sql_queries"]
