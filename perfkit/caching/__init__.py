@@ -1,5 +1,6 @@
 """Caching: keys, backends and the ``cached`` decorator."""
 
+from perfkit.caching.backends.adaptive import AdaptiveMemoryBackend
 from perfkit.caching.backends.aiocache import AiocacheBackend
 from perfkit.caching.backends.base import MISSING, Backend, BackendError
 from perfkit.caching.backends.memory import MemoryBackend
@@ -10,6 +11,7 @@ from perfkit.caching.stats import CacheStats
 
 __all__ = [
     "MISSING",
+    "AdaptiveMemoryBackend",
     "AiocacheBackend",
     "Backend",
     "BackendError",
