@@ -6,11 +6,13 @@ The public names are listed in ``__all__``; everything else is private.
 from __future__ import annotations
 
 from perfkit.caching import (
+    AdaptiveMemoryBackend,
     AiocacheBackend,
     Backend,
     BackendError,
     CacheStats,
     MemoryBackend,
+    Prefetch,
     RedisBackend,
     TieredBackend,
     cached,
@@ -19,11 +21,13 @@ from perfkit.caching import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveMemoryBackend",
     "AiocacheBackend",
     "Backend",
     "BackendError",
     "CacheStats",
     "MemoryBackend",
+    "Prefetch",
     "RedisBackend",
     "TieredBackend",
     "cached",
