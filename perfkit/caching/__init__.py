@@ -3,6 +3,7 @@
 from perfkit.caching.backends.adaptive import AdaptiveMemoryBackend
 from perfkit.caching.backends.aiocache import AiocacheBackend
 from perfkit.caching.backends.base import MISSING, Backend, BackendError
+from perfkit.caching.backends.disk import DiskBackend
 from perfkit.caching.backends.memory import MemoryBackend
 from perfkit.caching.backends.redis import RedisBackend
 from perfkit.caching.backends.tiered import TieredBackend
@@ -20,6 +21,7 @@ __all__ = [
     "BackendError",
     "CacheStats",
     "CachedFunction",
+    "DiskBackend",
     "MemoryBackend",
     "Prefetch",
     "RedisBackend",
