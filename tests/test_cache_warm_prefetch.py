@@ -150,7 +150,7 @@ def test_prefetch_learns_a_sequence_and_counts_accuracy():
     calls = []
 
     @cached(backend=MemoryBackend(1000),
-            prefetch=Prefetch(max_fraction=1.0, min_confidence=0.6))
+            prefetch=Prefetch(max_fraction=1.0, min_confidence=0.6, min_count=1))
     def page(n):
         calls.append(n)
         return n
@@ -173,7 +173,7 @@ def test_prefetch_learns_a_sequence_and_counts_accuracy():
 
 
 def test_wrong_predictions_lower_the_accuracy():
-    @cached(prefetch=Prefetch(max_fraction=1.0, min_confidence=0.5))
+    @cached(prefetch=Prefetch(max_fraction=1.0, min_confidence=0.5, min_count=1))
     def f(x):
         return x
 
@@ -232,7 +232,7 @@ async def test_async_prefetch_and_joining_a_prefetch_in_flight_counts_as_used():
     calls = []
     blocking = False
 
-    @cached(prefetch=Prefetch(max_fraction=1.0))
+    @cached(prefetch=Prefetch(max_fraction=1.0, min_count=1))
     async def step(n):
         calls.append(n)
         if n == 2 and blocking:
@@ -294,6 +294,7 @@ def test_transition_table_is_bounded():
         ({"max_fraction": 0}, "max_fraction"),
         ({"min_confidence": 1.5}, "min_confidence"),
         ({"table_size": -1}, "table_size"),
+        ({"min_count": 0}, "min_count"),
     ],
 )
 def test_prefetch_settings_are_validated(kwargs, match):
@@ -313,7 +314,7 @@ def test_prefetch_on_a_method_calls_it_with_its_instance():
         def __init__(self):
             self.calls = []
 
-        @cached(prefetch=Prefetch(max_fraction=1.0))
+        @cached(prefetch=Prefetch(max_fraction=1.0, min_count=1))
         def page(self, n):
             self.calls.append(n)
             return n
@@ -330,3 +331,22 @@ def test_prefetch_on_a_method_calls_it_with_its_instance():
     assert p.calls == [1, 2]  # 2 computed ahead, with the right self
     p.page(2)
     assert p.calls == [1, 2] and p.page.cache_stats().prefetch_used >= 1
+
+
+def test_a_transition_seen_once_is_not_prefetched_by_default():
+    @cached(prefetch=Prefetch(max_fraction=1.0))
+    def f(x):
+        return x
+
+    prefetcher = f.cache_core.prefetcher
+    for x in (1, 2, 3):
+        f(x)
+    f.cache_clear()
+    f(1)  # 1 -> 2 seen once: below min_count=2
+    prefetcher.wait_idle()
+    assert prefetcher.started == 0
+    f(2)
+    f.cache_clear()
+    f(1)  # now seen twice
+    prefetcher.wait_idle()
+    assert f.cache_stats().prefetches == 1

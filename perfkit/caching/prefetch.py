@@ -2,10 +2,11 @@
 
 A bounded transition table maps the last ``order`` keys a function was called with to
 the keys that came next (at most four per state, with counts that age), plus the
-arguments to call them with. After each call, the most likely successors whose share of
-that state's observations reaches ``min_confidence`` are computed in the background and
-stored, so the call that follows is a hit. A caller that arrives while its key is being
-prefetched joins that computation (single flight) instead of starting another.
+arguments to call them with. After each call, the most likely successors seen at least
+``min_count`` times whose share of that state's observations reaches ``min_confidence``
+are computed in the background and stored, so the call that follows is a hit. A caller
+that arrives while its key is being prefetched joins that computation (single flight)
+instead of starting another.
 
 Budget: at most ``max_inflight`` prefetches of one function run at once, and prefetches
 started never exceed ``max_fraction`` of the calls seen. Accuracy is measured: a
@@ -48,7 +49,9 @@ class Prefetch:
     max_fraction: float = 0.25
     """Prefetches started never exceed this fraction of calls."""
     min_confidence: float = 0.5
-    """A successor is prefetched once it followed the state at least this often."""
+    """A successor is prefetched once it followed the state at least this often..."""
+    min_count: int = 2
+    """...and at least this many times (a transition seen once is often chance)."""
     width: int = 1
     """At most this many successors prefetched after one call."""
     table_size: int = 10_000
@@ -58,7 +61,7 @@ class Prefetch:
     def __post_init__(self) -> None:
         if self.order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {self.order!r}")
-        for name in ("max_inflight", "width", "table_size"):
+        for name in ("max_inflight", "width", "table_size", "min_count"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -77,6 +80,21 @@ class _Successor:
         self.count = 0
         self.args = args
         self.kwargs = kwargs
+
+
+class _State:
+    """What followed one state: up to ``_SUCCESSORS`` keys and the sum of their counts."""
+
+    __slots__ = ("best", "successors", "total")
+
+    def __init__(self) -> None:
+        self.successors: dict[Key, _Successor] = {}
+        self.total = 0
+        self.best: Key | None = None  # the most frequent successor
+
+    def rank(self) -> None:
+        successors = self.successors
+        self.best = max(successors, key=lambda k: successors[k].count, default=None)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -99,8 +117,9 @@ class Prefetcher:
         self.spec = spec
         self.core = core
         self.is_async = is_async
+        self._probe = core.backend.probe  # a no-I/O lookup in the local tier, if any
         self._lock = threading.Lock()
-        self._table: OrderedDict[Hashable, dict[Key, _Successor]] = OrderedDict()
+        self._table: OrderedDict[Hashable, _State] = OrderedDict()
         self._recent: deque[Key] = deque(maxlen=spec.order)
         self.inflight: set[Key] = set()
         self._pending: OrderedDict[Key, None] = OrderedDict()  # prefetched, not yet used
@@ -135,42 +154,61 @@ class Prefetcher:
     def _learn(self, state: Hashable, key: Key, args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> None:
         table = self._table
-        successors = table.get(state)
-        if successors is None:
-            successors = table[state] = {}
+        entry = table.get(state)
+        if entry is None:
+            entry = table[state] = _State()
             if len(table) > self.spec.table_size:
                 table.popitem(last=False)
         else:
             table.move_to_end(state)
+        successors = entry.successors
         successor = successors.get(key)
         if successor is None:
             if len(successors) >= _SUCCESSORS:
                 weakest = min(successors, key=lambda k: successors[k].count)
-                del successors[weakest]
+                entry.total -= successors.pop(weakest).count
+                if weakest == entry.best:
+                    entry.rank()
             successor = successors[key] = _Successor(args, kwargs)
         successor.count += 1
-        if sum(s.count for s in successors.values()) > _AGE_AT:
+        entry.total += 1
+        best = entry.best
+        if best is None or (best != key and successor.count > successors[best].count):
+            entry.best = key
+        if entry.total > _AGE_AT:
             for k in list(successors):
                 successors[k].count //= 2
                 if not successors[k].count:
                     del successors[k]
+            entry.total = sum(s.count for s in successors.values())
+            entry.rank()
 
     def _choose(self, state: Hashable) -> list[tuple[Key, _Successor]]:
-        successors = self._table.get(state)
-        if not successors:
-            return []
         spec = self.spec
-        total = sum(s.count for s in successors.values())
-        ranked = sorted(successors.items(), key=lambda item: -item[1].count)
+        if len(self.inflight) >= spec.max_inflight or (
+            self.started + 1 > spec.max_fraction * self.calls
+        ):
+            return []  # no budget: do not even look
+        entry = self._table.get(state)
+        if entry is None or entry.best is None:
+            return []
+        successors = entry.successors
+        if spec.width == 1:
+            ranked = [(entry.best, successors[entry.best])]
+        else:
+            ranked = sorted(successors.items(), key=lambda item: -item[1].count)[: spec.width]
+        threshold = max(spec.min_count, spec.min_confidence * entry.total)
         jobs = []
-        for next_key, successor in ranked[: spec.width]:
-            if successor.count < spec.min_confidence * total:
+        for next_key, successor in ranked:
+            if successor.count < threshold:
                 break
             if next_key in self.inflight or next_key in self._pending:
                 continue
-            if len(self.inflight) >= spec.max_inflight:
-                break
-            if self.started + 1 > spec.max_fraction * self.calls:
+            if self._probe is not None and self._probe(next_key) is not MISSING:
+                continue  # already in the local tier: nothing to fetch
+            if len(self.inflight) >= spec.max_inflight or (
+                self.started + 1 > spec.max_fraction * self.calls
+            ):
                 break
             self.inflight.add(next_key)
             self.started += 1
