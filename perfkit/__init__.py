@@ -7,4 +7,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+from perfkit.metrics import REGISTRY, Registry
+
+__all__: list[str] = ["REGISTRY", "Registry"]
