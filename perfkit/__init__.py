@@ -8,5 +8,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from perfkit.metrics import REGISTRY, Registry
+from perfkit.retrying import RetryBudget, retry
 
-__all__: list[str] = ["REGISTRY", "Registry"]
+__all__: list[str] = ["REGISTRY", "Registry", "RetryBudget", "retry"]

@@ -274,3 +274,27 @@ def test_process_metrics_from_psutil_are_collected_at_scrape_time() -> None:
 
 def test_empty_registry_renders_empty_text() -> None:
     assert Registry(process_metrics=False).render_prometheus() == ""
+
+
+def test_lock_free_inc_one_counts_exactly_across_threads_reads_and_resets() -> None:
+    c = Registry(process_metrics=False).counter("ticks", "t")
+    series = c.labels() if c.label_names else c._only()
+    tick = series.inc_one
+
+    def work() -> None:
+        for _ in range(50_000):
+            tick()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.value == 200_000
+    assert c.value == 200_000  # reading does not count
+    c.inc(0.5)
+    assert c.value == 200_000.5
+    c.reset()
+    assert c.value == 0
+    tick()
+    assert c.value == 1
