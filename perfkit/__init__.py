@@ -7,7 +7,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from perfkit.circuit import CircuitBreaker, CircuitOpenError
 from perfkit.metrics import REGISTRY, Registry
 from perfkit.retrying import RetryBudget, retry
 
-__all__: list[str] = ["REGISTRY", "Registry", "RetryBudget", "retry"]
+__all__: list[str] = [
+    "REGISTRY",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Registry",
+    "RetryBudget",
+    "retry",
+]
