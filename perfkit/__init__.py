@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from perfkit.circuit import CircuitBreaker, CircuitOpenError
 from perfkit.metrics import REGISTRY, Registry
 from perfkit.retrying import RetryBudget, retry
+from perfkit.timing import timed
 
 __all__: list[str] = [
     "REGISTRY",
@@ -18,4 +19,5 @@ __all__: list[str] = [
     "Registry",
     "RetryBudget",
     "retry",
+    "timed",
 ]
