@@ -5,19 +5,37 @@ The public names are listed in ``__all__``; everything else is private.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from perfkit.caching import (
+    AiocacheBackend,
+    Backend,
+    BackendError,
+    CacheStats,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+    cached,
+)
 from perfkit.circuit import CircuitBreaker, CircuitOpenError
 from perfkit.metrics import REGISTRY, Registry
 from perfkit.retrying import RetryBudget, retry
 from perfkit.timing import timed
 
-__all__: list[str] = [
+__version__ = "0.1.0"
+
+__all__ = [
     "REGISTRY",
+    "AiocacheBackend",
+    "Backend",
+    "BackendError",
+    "CacheStats",
     "CircuitBreaker",
     "CircuitOpenError",
+    "MemoryBackend",
+    "RedisBackend",
     "Registry",
     "RetryBudget",
+    "TieredBackend",
+    "cached",
     "retry",
     "timed",
 ]
