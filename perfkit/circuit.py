@@ -340,7 +340,7 @@ class CircuitBreaker:
         if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
             raise TypeError("CircuitBreaker cannot guard a generator function; guard the "
                             "function that consumes it")
-        admit, settle = self._admit, self._settle
+        admit, settle, succeeded = self._admit, self._settle, self._on_success
 
         if inspect.iscoroutinefunction(target):
 
@@ -353,7 +353,7 @@ class CircuitBreaker:
                 except BaseException as exc:
                     settle(token, exc)
                     raise
-                settle(token, None)
+                succeeded(token)
                 return result
 
             return cast("Callable[P, R]", wrap(func, async_wrapper))
@@ -367,7 +367,7 @@ class CircuitBreaker:
             except BaseException as exc:
                 settle(token, exc)
                 raise
-            settle(token, None)
+            succeeded(token)
             return result
 
         return cast("Callable[P, R]", wrap(func, sync_wrapper))

@@ -58,6 +58,7 @@ import os
 import re
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -246,9 +247,16 @@ def _check_quantile(q: float) -> None:
 
 
 class HistogramSeries:
-    """Latency observations of one label combination: exact ``le`` counts plus a sketch."""
+    """Latency observations of one label combination: exact ``le`` counts plus a sketch.
 
-    __slots__ = ("_bounds", "_bucket_counts", "_count", "_lock", "_sketch", "_sum")
+    ``observe`` only appends to a small buffer (``deque.append`` is atomic, so no lock on the
+    hot path); every ``FOLD_EVERY`` observations, and before any read, the buffer is folded
+    into the sketch and bucket counts under the lock, vectorised with numpy when it is
+    installed. Memory stays bounded: the buffer never holds much more than ``FOLD_EVERY``.
+    """
+
+    __slots__ = ("_append", "_bounds", "_bucket_counts", "_count", "_lock", "_pending",
+                 "_sketch", "_sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._lock = threading.Lock()
@@ -257,23 +265,37 @@ class HistogramSeries:
         self._sketch: dict[int, int] = {}
         self._count = 0
         self._sum = 0.0
+        self._pending: deque[float] = deque()
+        self._append = self._pending.append
 
     def observe(self, seconds: float) -> None:
         """Record one duration in seconds (>= 0)."""
-        if seconds > MIN_TRACKED_SECONDS:
-            key = math.ceil(math.log(seconds) * _INV_LOG_GAMMA)
-            if key > _MAX_KEY:
-                key = _MAX_KEY
-        elif seconds >= 0:
-            key = _ZERO_KEY
-        else:
+        if not seconds >= 0:  # also rejects NaN
             raise ValueError(f"observed duration must be >= 0 seconds, got {seconds!r}")
-        slot = bisect_left(self._bounds, seconds)
-        with self._lock:
-            self._sketch[key] = self._sketch.get(key, 0) + 1
-            self._bucket_counts[slot] += 1
-            self._count += 1
-            self._sum += seconds
+        self._append(seconds)
+        if len(self._pending) >= FOLD_EVERY:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Move buffered observations into the sketch (caller holds the lock)."""
+        pending = self._pending
+        n = len(pending)
+        if not n:
+            return
+        popleft = pending.popleft
+        values = [popleft() for _ in range(n)]  # items appended meanwhile wait for next time
+        numpy = _numpy()
+        if numpy is not None and n >= 64:
+            _fold_numpy(numpy, values, self._bounds, self._sketch, self._bucket_counts)
+        else:
+            sketch, counts, bounds = self._sketch, self._bucket_counts, self._bounds
+            for v in values:
+                key = sketch_key(v)
+                sketch[key] = sketch.get(key, 0) + 1
+                counts[bisect_left(bounds, v)] += 1
+        self._count += n
+        self._sum += math.fsum(values)
 
     def quantile(self, q: float) -> float:
         """The ``q``-quantile of everything observed, within 1%; NaN when nothing was."""
@@ -281,14 +303,19 @@ class HistogramSeries:
 
     @property
     def count(self) -> int:
-        return self._count
+        with self._lock:
+            self._fold()
+            return self._count
 
     @property
     def sum(self) -> float:
-        return self._sum
+        with self._lock:
+            self._fold()
+            return self._sum
 
     def snapshot(self) -> HistogramSnapshot:
         with self._lock:
+            self._fold()
             return HistogramSnapshot(
                 count=self._count,
                 sum=self._sum,
@@ -311,10 +338,44 @@ class HistogramSeries:
 
     def _reset(self) -> None:
         with self._lock:
+            self._fold()
             self._bucket_counts = [0] * (len(self._bounds) + 1)
             self._sketch = {}
             self._count = 0
             self._sum = 0.0
+
+
+FOLD_EVERY = 256
+_NUMPY: list[Any] = []
+
+
+def _numpy() -> Any:
+    """numpy if installed (``perfkit[semantic]`` brings it), else None; looked up once."""
+    if not _NUMPY:
+        try:
+            import numpy
+
+            _NUMPY.append(numpy)
+        except ImportError:  # pragma: no cover - numpy is optional
+            _NUMPY.append(None)
+    return _NUMPY[0]
+
+
+def _fold_numpy(
+    np: Any, values: list[float], bounds: tuple[float, ...], sketch: dict[int, int],
+    counts: list[int],
+) -> None:
+    arr = np.asarray(values, dtype=np.float64)
+    tracked = arr > MIN_TRACKED_SECONDS
+    keys = np.full(arr.shape, _ZERO_KEY, dtype=np.int64)
+    logs = np.log(arr[tracked]) * _INV_LOG_GAMMA
+    keys[tracked] = np.minimum(np.ceil(logs), _MAX_KEY).astype(np.int64)
+    unique, per_key = np.unique(keys, return_counts=True)
+    for key, n in zip(unique.tolist(), per_key.tolist()):
+        sketch[key] = sketch.get(key, 0) + n
+    slots = np.searchsorted(np.asarray(bounds), arr, side="left")
+    for slot, n in enumerate(np.bincount(slots, minlength=len(bounds) + 1).tolist()):
+        counts[slot] += n
 
 
 # --------------------------------------------------------------------------- families
