@@ -345,7 +345,7 @@ class HistogramSeries:
             self._sum = 0.0
 
 
-FOLD_EVERY = 256
+FOLD_EVERY = 1024
 _NUMPY: list[Any] = []
 
 
@@ -366,13 +366,14 @@ def _fold_numpy(
     counts: list[int],
 ) -> None:
     arr = np.asarray(values, dtype=np.float64)
-    tracked = arr > MIN_TRACKED_SECONDS
-    keys = np.full(arr.shape, _ZERO_KEY, dtype=np.int64)
-    logs = np.log(arr[tracked]) * _INV_LOG_GAMMA
-    keys[tracked] = np.minimum(np.ceil(logs), _MAX_KEY).astype(np.int64)
-    unique, per_key = np.unique(keys, return_counts=True)
-    for key, n in zip(unique.tolist(), per_key.tolist()):
-        sketch[key] = sketch.get(key, 0) + n
+    # Same keys as sketch_key(), vectorised: offset from the zero bucket, counted with bincount.
+    logs = np.log(np.maximum(arr, MIN_TRACKED_SECONDS)) * _INV_LOG_GAMMA
+    keys = np.minimum(np.ceil(logs), _MAX_KEY).astype(np.int64)
+    keys[arr <= MIN_TRACKED_SECONDS] = _ZERO_KEY
+    per_key = np.bincount(keys - _ZERO_KEY)
+    for offset in np.flatnonzero(per_key).tolist():
+        key = offset + _ZERO_KEY
+        sketch[key] = sketch.get(key, 0) + int(per_key[offset])
     slots = np.searchsorted(np.asarray(bounds), arr, side="left")
     for slot, n in enumerate(np.bincount(slots, minlength=len(bounds) + 1).tolist()):
         counts[slot] += n
