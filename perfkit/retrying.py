@@ -131,9 +131,11 @@ class RetryBudget:
     """A token bucket shared by the calls to one dependency: retries <= ``ratio`` x calls.
 
     Every call deposits ``ratio`` tokens; every retry spends one. ``min_per_second`` tokens
-    also trickle in with time, so a quiet service can still retry a rare failure; ``max_tokens``
-    caps what a long healthy period can save up. When the bucket is empty, retrying stops
-    (give-up reason ``"budget"``) and the upstream sees about ``(1 + ratio)`` x the calls.
+    also trickle in with time (and the bucket starts with one second's worth), so a quiet or
+    just-started service can still retry a rare failure; ``max_tokens`` caps what a long
+    healthy period can save up. When the bucket is empty, retrying stops (give-up reason
+    ``"budget"``): during an outage the upstream sees at most ``(1 + ratio)`` x the calls,
+    plus ``min_per_second`` per second.
     """
 
     def __init__(
@@ -155,7 +157,7 @@ class RetryBudget:
         self.max_tokens = float(max_tokens)
         self._clock = clock
         self._lock = threading.Lock()
-        self._tokens = 0.0
+        self._tokens = min(self.max_tokens, self.min_per_second)
         self._last = clock()
 
     def deposit(self) -> None:

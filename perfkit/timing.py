@@ -85,27 +85,31 @@ class Timer:
         self.registry = registry if registry is not None else REGISTRY
         self.budget_ms = budget_ms
         self.budget_interval = float(budget_interval)
-        self._block: tuple[Callable[[float], None], HistogramSeries, HistogramSeries] | None = (
-            None  # the series of ``with timer:`` blocks, bound on first use
-        )
+        #: The recorders of ``with timer:`` blocks, bound on first use.
+        self._block: tuple[Callable[[float], None], Callable[[str, float], None]] | None = None
         self._lock = threading.Lock()
 
     # -- recording ----------------------------------------------------------------------
 
-    def _bind(self, name: str) -> tuple[Callable[[float], None], HistogramSeries,
-                                        HistogramSeries]:
-        """Resolve the series once; return the success recorder (budget-aware) and the rest."""
+    def _bind(self, name: str) -> tuple[Callable[[float], None], Callable[[str, float], None]]:
+        """Resolve the ``ok`` series once (budget-aware); failures find theirs when they happen.
+
+        Returns ``observe_ok(seconds)`` and ``observe_other(outcome, seconds)``, so a function
+        that never fails has no empty ``error``/``cancelled`` series.
+        """
         histogram = self.registry.histogram(
             "perfkit_timed_seconds", "Latency of perfkit.timed calls and blocks",
             ("function", "outcome"),
         )
         ok = histogram.labels(name, "ok")
-        error = histogram.labels(name, "error")
-        cancelled = histogram.labels(name, "cancelled")
+
+        def observe_other(outcome: str, seconds: float) -> None:
+            histogram.labels(name, outcome).observe(seconds)
+
         if self.budget_ms is None:
-            return ok.observe, error, cancelled
-        return _BudgetWatch(name, ok, self.budget_ms, self.budget_interval,
-                            self.registry).observe, error, cancelled
+            return ok.observe, observe_other
+        watch = _BudgetWatch(name, ok, self.budget_ms, self.budget_interval, self.registry)
+        return watch.observe, observe_other
 
     # -- decorator ----------------------------------------------------------------------
 
@@ -117,8 +121,7 @@ class Timer:
             raise TypeError("timed cannot time a generator function (it would time only the "
                             "creation of the generator); time the code that consumes it")
         name = self.name or f"{target.__module__}.{target.__qualname__}"
-        observe_ok, error, cancelled = self._bind(name)
-        observe_error, observe_cancelled = error.observe, cancelled.observe
+        observe_ok, observe_other = self._bind(name)
         clock = time.perf_counter
 
         if inspect.iscoroutinefunction(target):
@@ -130,10 +133,10 @@ class Timer:
                 try:
                     result = await wrapped(*args, **kwargs)
                 except Exception:
-                    observe_error(clock() - start)
+                    observe_other("error", clock() - start)
                     raise
                 except BaseException:
-                    observe_cancelled(clock() - start)
+                    observe_other("cancelled", clock() - start)
                     raise
                 observe_ok(clock() - start)
                 return result
@@ -147,10 +150,10 @@ class Timer:
             try:
                 result = wrapped(*args, **kwargs)
             except Exception:
-                observe_error(clock() - start)
+                observe_other("error", clock() - start)
                 raise
             except BaseException:
-                observe_cancelled(clock() - start)
+                observe_other("cancelled", clock() - start)
                 raise
             observe_ok(clock() - start)
             return result
@@ -161,7 +164,7 @@ class Timer:
 
     def _block_series(
         self,
-    ) -> tuple[Callable[[float], None], HistogramSeries, HistogramSeries]:
+    ) -> tuple[Callable[[float], None], Callable[[str, float], None]]:
         if self.name is None:
             raise TypeError('timed() as a context manager needs a name: with timed("block"):')
         with self._lock:
@@ -184,13 +187,11 @@ class Timer:
         started = _STARTED.get()
         _STARTED.set(started[:-1])
         elapsed -= started[-1]
-        observe_ok, error, cancelled = self._block_series()
+        observe_ok, observe_other = self._block_series()
         if exc is None:
             observe_ok(elapsed)
-        elif isinstance(exc, Exception):
-            error.observe(elapsed)
         else:
-            cancelled.observe(elapsed)
+            observe_other("error" if isinstance(exc, Exception) else "cancelled", elapsed)
 
     async def __aenter__(self) -> Timer:
         return self.__enter__()

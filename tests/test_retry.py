@@ -490,9 +490,34 @@ def test_budget_caps_attempts_against_a_dead_upstream(registry: Registry) -> Non
     assert registry.snapshot()["perfkit_retry_attempts_total"]["series"][("dead",)] == attempts
 
 
+def test_default_budget_lets_a_fresh_service_retry_and_still_bounds_an_outage(
+    registry: Registry,
+) -> None:
+    clock = FakeClock()
+    budget = RetryBudget(clock=clock)  # ratio 0.1, min_per_second 1
+    attempts = 0
+
+    @retry(on=ConnectionError, attempts=3, budget=budget, registry=registry, sleep=clock.sleep)
+    def dead() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        dead()
+    assert attempts == 2  # the very first failure after start-up may retry once
+    clock.sleeps.clear()
+    for _ in range(999):
+        with pytest.raises(ConnectionError):
+            dead()
+    elapsed = sum(clock.sleeps)
+    assert attempts <= 1.1 * 1000 + 1 + elapsed * 1  # the floor adds min_per_second per second
+
+
 def test_budget_floor_refills_with_time_and_is_capped() -> None:
     clock = FakeClock()
     budget = RetryBudget(0.0, min_per_second=2, max_tokens=3, clock=clock)
+    assert budget.try_spend() and budget.try_spend()  # one second's worth to start with
     assert not budget.try_spend()
     clock.now += 1
     assert budget.try_spend() and budget.try_spend() and not budget.try_spend()

@@ -114,6 +114,8 @@ def test_methods(registry: Registry) -> None:
 
     assert Repo().get("a") == "A"
     assert series(registry, "repo.get", "ok")["count"] == 1
+    # a function that never failed has no empty error/cancelled series cluttering /metrics
+    assert set(registry.snapshot()["perfkit_timed_seconds"]["series"]) == {("repo.get", "ok")}
 
 
 def test_block_form_sync_and_nested(fake_time: FakePerfCounter, registry: Registry) -> None:
