@@ -11,6 +11,7 @@ methods is unaffected (a bound method carries its own ``__self__``).
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -29,3 +30,18 @@ def wrap(func: Any, wrapper: Wrapper) -> Any:
         except (AttributeError, TypeError):  # pragma: no cover - exotic function objects
             pass
     return wrapt.FunctionWrapper(func, wrapper)
+
+
+def decoratable(func: Any, decorator: str, instead: str) -> Any:
+    """The function behind ``func`` (unwrapping class/static methods), or a clear TypeError.
+
+    Generators are refused: wrapping one would only wrap the creation of the generator
+    object, never the work done while it is consumed. ``instead`` says what to do.
+    """
+    target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
+    if not callable(target):
+        raise TypeError(f"{decorator} decorates functions, got {func!r}")
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        name = getattr(target, "__qualname__", repr(target))
+        raise TypeError(f"{decorator} cannot wrap the generator function {name}: {instead}")
+    return target

@@ -46,7 +46,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
-from perfkit._wrapping import wrap
+from perfkit._wrapping import decoratable, wrap
 from perfkit.metrics import REGISTRY, Registry
 
 __all__ = ["CircuitBreaker", "CircuitOpenError", "State"]
@@ -334,12 +334,7 @@ class CircuitBreaker:
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorate a sync or async function or method."""
-        target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
-        if not callable(target):
-            raise TypeError(f"CircuitBreaker decorates callables, got {func!r}")
-        if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
-            raise TypeError("CircuitBreaker cannot guard a generator function; guard the "
-                            "function that consumes it")
+        target = decoratable(func, "CircuitBreaker", "guard the function that consumes it")
         admit, settle, succeeded = self._admit, self._settle, self._on_success
 
         if inspect.iscoroutinefunction(target):

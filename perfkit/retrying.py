@@ -52,7 +52,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from typing_extensions import ParamSpec
 
-from perfkit._wrapping import wrap
+from perfkit._wrapping import decoratable, wrap
 from perfkit.backoff import Backoff, Constant, Exponential
 from perfkit.metrics import REGISTRY, Registry
 
@@ -441,6 +441,14 @@ class _Policy:
         logger.debug("retrying %s in %.3fs after attempt %d", self.function, wait, attempt)
         return wait
 
+    def final(self, history: RetryHistory, error: Exception | None, result: Any) -> Any:
+        """The outcome once we stop: the last result, or the last error with its history."""
+        if error is None:
+            return result
+        if history.attempts > 1 or history.reason != "not_retryable":
+            _attach(error, history)  # nothing to tell when the first error was not retryable
+        raise error
+
     def new_history(self) -> RetryHistory:
         return RetryHistory(self.function, "attempts", "")
 
@@ -464,11 +472,7 @@ class _Policy:
         while True:
             next_wait = self.next_wait(history, error, result, started, attempt_started, wait)
             if next_wait is None:
-                if error is None:
-                    return result
-                if history.attempts > 1 or history.reason != "not_retryable":
-                    _attach(error, history)
-                raise error
+                return self.final(history, error, result)
             wait = next_wait
             if wait > 0:
                 (self.sleep or time.sleep)(wait)
@@ -491,11 +495,7 @@ class _Policy:
         while True:
             next_wait = self.next_wait(history, error, result, started, attempt_started, wait)
             if next_wait is None:
-                if error is None:
-                    return result
-                if history.attempts > 1 or history.reason != "not_retryable":
-                    _attach(error, history)
-                raise error
+                return self.final(history, error, result)
             wait = next_wait
             if wait > 0:
                 if self.sleep is None:
@@ -663,14 +663,8 @@ def retry(
         raise TypeError(f"clock must be callable, got {clock!r}")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        target = _unwrap_descriptor(func)
-        if not callable(target):
-            raise TypeError(f"retry decorates callables, got {func!r}")
-        if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
-            raise TypeError(
-                f"retry cannot retry a generator ({_qualname(target)}): retrying would only "
-                "recreate the generator object; retry the function that consumes it instead"
-            )
+        target = decoratable(func, "retry", "retrying it would only recreate the generator "
+                             "object; retry the function that consumes it")
         policy = _Policy(
             function=name or _qualname(target),
             attempts=attempts,
@@ -731,10 +725,6 @@ def _check_backoff(backoff: object) -> Backoff:
     raise TypeError(
         f"backoff must be a perfkit.backoff strategy or a number of seconds, got {backoff!r}"
     )
-
-
-def _unwrap_descriptor(func: Any) -> Any:
-    return func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
 
 
 def _qualname(func: Any) -> str:

@@ -41,7 +41,7 @@ from typing import Any, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
-from perfkit._wrapping import wrap
+from perfkit._wrapping import decoratable, wrap
 from perfkit.metrics import REGISTRY, HistogramSeries, Registry
 
 __all__ = ["Timer", "timed"]
@@ -114,12 +114,8 @@ class Timer:
     # -- decorator ----------------------------------------------------------------------
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
-        if not callable(target):
-            raise TypeError(f"timed decorates callables, got {func!r}")
-        if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
-            raise TypeError("timed cannot time a generator function (it would time only the "
-                            "creation of the generator); time the code that consumes it")
+        target = decoratable(func, "timed", "it would time only the creation of the "
+                             "generator; time the code that consumes it")
         name = self.name or f"{target.__module__}.{target.__qualname__}"
         observe_ok, observe_other = self._bind(name)
         clock = time.perf_counter

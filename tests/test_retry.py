@@ -282,9 +282,9 @@ def test_generators_are_rejected_loudly() -> None:
     async def agen() -> Any:
         yield 1
 
-    with pytest.raises(TypeError, match="cannot retry a generator"):
+    with pytest.raises(TypeError, match="cannot wrap the generator function"):
         retry(on=ConnectionError)(gen)
-    with pytest.raises(TypeError, match="cannot retry a generator"):
+    with pytest.raises(TypeError, match="cannot wrap the generator function"):
         retry(on=ConnectionError)(agen)
 
 
