@@ -19,6 +19,10 @@ cache sizes); a dead worker's gauges drop out. ``process_*`` metrics stay per pr
 Every key expires ``retention`` seconds (default 7 days) after the fleet last wrote it.
 Redis down: the push fails, one warning is logged, nothing is lost (the deltas are pushed when
 Redis is back) and the registry renders the local view meanwhile.
+
+With a sink attached, ``render_prometheus()`` talks to Redis (a blocking client, 2 s
+timeouts): from async code, render in a worker thread (``asyncio.to_thread``), never on the
+event loop.
 """
 
 from __future__ import annotations
