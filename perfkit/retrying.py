@@ -19,6 +19,9 @@ What the caller may rely on:
   ``Idempotency-Key`` header are not retried unless ``idempotent=True``.
 - A shared :class:`RetryBudget` caps retries to a fraction of calls, so an outage does not
   multiply the upstream's load.
+- Nested retries do not multiply: while an outer retry is retrying (its second attempt on),
+  an inner retry that fails with an error the outer one also retries gives up at once
+  (reason ``"nested"``) and lets the outer one decide. N x M attempts become N + M - 1.
 - The final failure re-raises the *last real exception*, with the attempt history added as a
   note (shown in the traceback) and available as :func:`retry_history`.
 - Per-call state lives in the call's own frame: nothing is shared between concurrent calls
@@ -29,7 +32,7 @@ What the caller may rely on:
 Metrics (labelled by ``function``) in the registry: ``perfkit_retry_calls_total``,
 ``perfkit_retry_attempts_total``, ``perfkit_retry_retries_total`` and
 ``perfkit_retry_giveups_total`` (also labelled by ``reason``: attempts, deadline, budget,
-not_retryable, not_idempotent, result).
+not_retryable, not_idempotent, nested, result).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ _UNSAFE_METHODS = frozenset({"POST", "PATCH"})
 _HISTORY_KEPT = 20
 
 GiveUpReason = Literal[
-    "attempts", "deadline", "budget", "not_retryable", "not_idempotent", "result"
+    "attempts", "deadline", "budget", "not_retryable", "not_idempotent", "nested", "result"
 ]
 
 # --------------------------------------------------------------------------- test switch
@@ -122,6 +125,13 @@ def deadline_remaining() -> float | None:
         return None
     at, clock = current
     return max(0.0, at - clock())
+
+
+#: The retry whose retry loop is running (set only once a call fails, so the success path
+#: pays nothing). An inner retry that fails with an error this one would retry steps aside.
+_RETRYING: contextvars.ContextVar[_Policy | None] = contextvars.ContextVar(
+    "perfkit_retrying", default=None
+)
 
 
 # --------------------------------------------------------------------------- budget
@@ -391,6 +401,7 @@ class _Policy:
         started: float,
         attempt_started: float,
         previous_wait: float,
+        enclosing: _Policy | None,
     ) -> float | None:
         """Record the failed attempt; return the wait before the next one, or None to stop."""
         now = self.clock()
@@ -401,6 +412,13 @@ class _Policy:
         history.recent.append(record)
         if error is not None and not self.matches(error):
             self.give_up(history, "not_retryable", f"{type(error).__name__} is not retried")
+            return None
+        if error is not None and enclosing is not None and enclosing.matches(error):
+            self.give_up(
+                history, "nested",
+                f"the enclosing retry of {enclosing.function} is retrying and retries this "
+                "error itself (nested retries would multiply the attempts)",
+            )
             return None
         if error is not None and not self.idempotent and _is_unsafe_request(error):
             self.give_up(
@@ -469,22 +487,29 @@ class _Policy:
     ) -> Any:
         history = self.new_history()
         attempt_started, wait = started, 0.0
-        while True:
-            next_wait = self.next_wait(history, error, result, started, attempt_started, wait)
-            if next_wait is None:
-                return self.final(history, error, result)
-            wait = next_wait
-            if wait > 0:
-                (self.sleep or time.sleep)(wait)
-            attempt_started = self.clock()
-            try:
-                result = wrapped(*args, **kwargs)
-            except Exception as exc:
-                error = exc
-                continue
-            if self.retry_on_result is None or not self.retry_on_result(result):
-                return result
-            error = None
+        enclosing = _RETRYING.get()
+        token = _RETRYING.set(self)
+        try:
+            while True:
+                next_wait = self.next_wait(
+                    history, error, result, started, attempt_started, wait, enclosing
+                )
+                if next_wait is None:
+                    return self.final(history, error, result)
+                wait = next_wait
+                if wait > 0:
+                    (self.sleep or time.sleep)(wait)
+                attempt_started = self.clock()
+                try:
+                    result = wrapped(*args, **kwargs)
+                except Exception as exc:
+                    error = exc
+                    continue
+                if self.retry_on_result is None or not self.retry_on_result(result):
+                    return result
+                error = None
+        finally:
+            _RETRYING.reset(token)
 
     async def run_async(
         self, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any,
@@ -492,27 +517,34 @@ class _Policy:
     ) -> Any:
         history = self.new_history()
         attempt_started, wait = started, 0.0
-        while True:
-            next_wait = self.next_wait(history, error, result, started, attempt_started, wait)
-            if next_wait is None:
-                return self.final(history, error, result)
-            wait = next_wait
-            if wait > 0:
-                if self.sleep is None:
-                    await asyncio.sleep(wait)
-                else:
-                    pending = self.sleep(wait)
-                    if inspect.isawaitable(pending):
-                        await pending
-            attempt_started = self.clock()
-            try:
-                result = await wrapped(*args, **kwargs)
-            except Exception as exc:
-                error = exc
-                continue
-            if self.retry_on_result is None or not self.retry_on_result(result):
-                return result
-            error = None
+        enclosing = _RETRYING.get()
+        token = _RETRYING.set(self)
+        try:
+            while True:
+                next_wait = self.next_wait(
+                    history, error, result, started, attempt_started, wait, enclosing
+                )
+                if next_wait is None:
+                    return self.final(history, error, result)
+                wait = next_wait
+                if wait > 0:
+                    if self.sleep is None:
+                        await asyncio.sleep(wait)
+                    else:
+                        pending = self.sleep(wait)
+                        if inspect.isawaitable(pending):
+                            await pending
+                attempt_started = self.clock()
+                try:
+                    result = await wrapped(*args, **kwargs)
+                except Exception as exc:
+                    error = exc
+                    continue
+                if self.retry_on_result is None or not self.retry_on_result(result):
+                    return result
+                error = None
+        finally:
+            _RETRYING.reset(token)
 
 
 # --------------------------------------------------------------------------- wrappers

@@ -695,3 +695,54 @@ def test_threads_share_nothing_but_metrics(registry: Registry) -> None:
     snap = registry.snapshot()
     assert snap["perfkit_retry_calls_total"]["series"][("threaded",)] == 2000
     assert snap["perfkit_retry_retries_total"]["series"][("threaded",)] == 2000
+
+
+# ------------------------------------------------------------------ nested retries
+
+
+def test_nested_retries_do_not_multiply(clock: FakeClock, registry: Registry) -> None:
+    upstream_calls = 0
+
+    @retry(on=ConnectionError, attempts=4, sleep=clock.sleep, registry=registry, name="inner")
+    def inner() -> None:
+        nonlocal upstream_calls
+        upstream_calls += 1
+        raise ConnectionError("down")
+
+    @retry(on=OSError, attempts=3, sleep=clock.sleep, registry=registry, name="outer")
+    def outer() -> None:
+        inner()
+
+    with pytest.raises(ConnectionError) as info:
+        outer()
+    # outer attempt 1: inner makes its 4 attempts; outer attempts 2 and 3: inner steps aside
+    assert upstream_calls == 4 + 2  # not 4 x 3 = 12
+    history = retry_history(info.value)
+    assert history is not None and history.function == "outer"
+    giveups = registry.snapshot()["perfkit_retry_giveups_total"]["series"]
+    assert giveups[("inner", "nested")] == 2
+    assert giveups[("inner", "attempts")] == 1
+
+
+async def test_nested_async_inner_still_retries_what_the_outer_does_not(
+    clock: FakeClock, registry: Registry
+) -> None:
+    calls = {"inner": 0}
+
+    @retry(on=TimeoutError, attempts=3, sleep=clock.asleep, registry=registry)
+    async def inner() -> str:
+        calls["inner"] += 1
+        if calls["inner"] in (1, 3, 4):  # a timeout on the outer's second attempt
+            raise TimeoutError
+        if calls["inner"] == 2:
+            raise ConnectionError
+        return "ok"
+
+    @retry(on=ConnectionError, attempts=3, sleep=clock.asleep, registry=registry)
+    async def outer() -> str:
+        return await inner()
+
+    # outer 1: inner timeout, retry, ConnectionError (not inner's) -> outer retries;
+    # outer 2: inner timeouts twice: the outer does not retry TimeoutError, so inner does
+    assert await outer() == "ok"
+    assert calls["inner"] == 5
