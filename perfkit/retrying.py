@@ -9,6 +9,8 @@ What the caller may rely on:
 - Bounded by count *and* time: ``attempts`` (default 3) and an optional overall ``deadline``
   (seconds, including waits). A wait is only started if it, plus the duration of the attempt
   that just failed, still fits before the deadline; the error says when that was the reason.
+  Async attempts are also cancelled when the deadline passes (``TimeoutError``); a sync
+  attempt cannot be interrupted, so give its client a timeout from ``deadline_remaining()``.
   Inner code can read the remaining time with :func:`deadline_remaining` (a contextvar, so
   nested retries and clients inherit the outer deadline).
 - Waits come from a :mod:`perfkit.backoff` strategy (exponential with full jitter by default).
@@ -410,6 +412,11 @@ class _Policy:
         history.elapsed = now - started
         record = Attempt(attempt, error, duration)
         history.recent.append(record)
+        if isinstance(error, (TimeoutError, asyncio.TimeoutError)) and self.deadline is not None \
+                and deadline_remaining() == 0.0:
+            self.give_up(history, "deadline", f"the {self.deadline:g}s deadline passed during "
+                         f"attempt {attempt}, which was cancelled")
+            return None
         if error is not None and not self.matches(error):
             self.give_up(history, "not_retryable", f"{type(error).__name__} is not retried")
             return None
@@ -511,6 +518,19 @@ class _Policy:
         finally:
             _RETRYING.reset(token)
 
+    async def attempt_async(
+        self, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Any:
+        """One async attempt; with a deadline, it is cancelled when the deadline passes."""
+        if self.deadline is None:
+            return await wrapped(*args, **kwargs)
+        remaining = deadline_remaining() or 0.0
+        timeout = getattr(asyncio, "timeout", None)  # Python 3.11+; cheaper than wait_for
+        if timeout is None:  # pragma: no cover - Python 3.10
+            return await asyncio.wait_for(wrapped(*args, **kwargs), remaining)
+        async with timeout(remaining):
+            return await wrapped(*args, **kwargs)
+
     async def run_async(
         self, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any,
         error: Exception | None, result: Any, started: float,
@@ -536,7 +556,7 @@ class _Policy:
                             await pending
                 attempt_started = self.clock()
                 try:
-                    result = await wrapped(*args, **kwargs)
+                    result = await self.attempt_async(wrapped, args, kwargs)
                 except Exception as exc:
                     error = exc
                     continue
@@ -607,7 +627,7 @@ def _async_wrapper(policy: _Policy) -> Callable[..., Any]:
         try:
             started = clock()
             try:
-                result = await wrapped(*args, **kwargs)
+                result = await policy.attempt_async(wrapped, args, kwargs)
             except Exception as exc:
                 error: Exception | None = exc
                 result = None

@@ -746,3 +746,40 @@ async def test_nested_async_inner_still_retries_what_the_outer_does_not(
     # outer 2: inner timeouts twice: the outer does not retry TimeoutError, so inner does
     assert await outer() == "ok"
     assert calls["inner"] == 5
+
+
+async def test_async_attempt_is_cancelled_at_the_deadline(registry: Registry) -> None:
+    cancelled = []
+
+    @retry(on=ConnectionError, attempts=5, deadline=0.2, registry=registry)
+    async def hangs() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        await hangs()
+    assert time.monotonic() - started < 5  # not 30 s (wide margin for a loaded CI)
+    assert cancelled == [True]
+    history = retry_history(info.value)
+    assert history is not None and history.reason == "deadline"
+    assert "deadline passed during attempt 1" in history.summary()
+
+
+async def test_async_deadline_attempts_can_still_succeed(registry: Registry) -> None:
+    calls = 0
+
+    @retry(on=ConnectionError, attempts=3, deadline=5, backoff=0, registry=registry)
+    async def flaky_once() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError
+        await asyncio.sleep(0)
+        return "ok"
+
+    assert await flaky_once() == "ok"
+    assert calls == 2
