@@ -468,13 +468,11 @@ class _Family(Generic[S]):
             series._reset()
 
 
-class Counter(_Family[CounterSeries]):
-    """A monotonically increasing count, exported as ``<name>_total``."""
+V = TypeVar("V", CounterSeries, GaugeSeries)
 
-    kind: Kind = "counter"
 
-    def _new_series(self) -> CounterSeries:
-        return CounterSeries()
+class _ScalarFamily(_Family[V]):
+    """What counters and gauges share: ``inc``, ``set_function`` and ``value`` when unlabelled."""
 
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
@@ -487,7 +485,16 @@ class Counter(_Family[CounterSeries]):
         return self._only().value
 
 
-class Gauge(_Family[GaugeSeries]):
+class Counter(_ScalarFamily[CounterSeries]):
+    """A monotonically increasing count, exported as ``<name>_total``."""
+
+    kind: Kind = "counter"
+
+    def _new_series(self) -> CounterSeries:
+        return CounterSeries()
+
+
+class Gauge(_ScalarFamily[GaugeSeries]):
     """A value that goes up and down (in-flight requests, cache size)."""
 
     kind: Kind = "gauge"
@@ -498,18 +505,8 @@ class Gauge(_Family[GaugeSeries]):
     def set(self, value: float) -> None:
         self._only().set(value)
 
-    def inc(self, amount: float = 1.0) -> None:
-        self._only().inc(amount)
-
     def dec(self, amount: float = 1.0) -> None:
         self._only().dec(amount)
-
-    def set_function(self, function: Callable[[], float]) -> None:
-        self._only().set_function(function)
-
-    @property
-    def value(self) -> float:
-        return self._only().value
 
 
 class Histogram(_Family[HistogramSeries]):

@@ -7,21 +7,11 @@ import threading
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
 from perfkit import CircuitBreaker, CircuitOpenError, retry
 from perfkit.metrics import Registry
 from perfkit.retrying import retry_history
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fake_clock import FakeClock
 
 from perfkit import retry
 from perfkit.backoff import Constant, DecorrelatedJitter, Exponential
@@ -28,24 +29,6 @@ from perfkit.retrying import (
     retry_after_seconds,
     retry_history,
 )
-
-
-class FakeClock:
-    """A clock that only moves when something sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
 
 
 @pytest.fixture
