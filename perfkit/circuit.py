@@ -83,6 +83,9 @@ class CircuitOpenError(Exception):
             f"next trial call in {retry_after:.3f}s"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
+        return (type(self), (self.name, self.retry_after, self.state))
+
 
 ExceptionFilter = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
 

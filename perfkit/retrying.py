@@ -386,7 +386,7 @@ class _Policy:
         self.count_retry = retries.inc_one
         self._giveups = registry.counter(
             "perfkit_retry_giveups",
-            "Calls that failed after retrying, by reason",
+            "Calls that ended in their last error or a rejected result, by reason",
             ("function", "reason"),
         )
 

@@ -481,3 +481,12 @@ def test_breaker_outside_retry_counts_one_logical_call(clock: FakeClock,
     with pytest.raises(CircuitOpenError):
         call()
     assert up.calls == 6  # open: no attempt and no retry at all
+
+
+def test_circuit_open_error_survives_pickling() -> None:
+    import pickle
+
+    error = CircuitOpenError("db", 2.5, "open")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.name, copy.retry_after, copy.state, str(copy)) == (
+        "db", 2.5, "open", str(error))
