@@ -286,6 +286,8 @@ class RetryHistory:
     total_wait: float = 0.0
     #: The last attempts (at most 20; ``attempts`` has the full count).
     recent: deque[Attempt] = field(default_factory=lambda: deque(maxlen=_HISTORY_KEPT))
+    #: The note added to the exception (set when it is attached).
+    note: str = field(default="", repr=False)
 
     def summary(self) -> str:
         lines = [
@@ -306,16 +308,20 @@ def retry_history(error: BaseException) -> RetryHistory | None:
 
 
 def _attach(error: BaseException, history: RetryHistory) -> None:
+    """Add the history as a traceback note, replacing ours from an earlier give-up.
+
+    Replacing matters when one exception instance is raised again and again (a module-level
+    constant): its notes would otherwise grow with every call.
+    """
+    previous = retry_history(error)
     try:
         error._perfkit_retry_history = history  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - exceptions with __slots__
         return
-    note = history.summary()
-    if hasattr(error, "add_note"):
-        error.add_note(note)
-    else:  # Python 3.10: keep the same attribute 3.11 tracebacks print
-        notes = getattr(error, "__notes__", None)
-        error.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]
+    notes = [n for n in getattr(error, "__notes__", None) or []
+             if previous is None or n != previous.note]
+    history.note = history.summary()
+    error.__notes__ = [*notes, history.note]  # type: ignore[attr-defined]  # as add_note() does
 
 
 @dataclass(frozen=True)

@@ -766,3 +766,18 @@ async def test_async_deadline_attempts_can_still_succeed(registry: Registry) -> 
 
     assert await flaky_once() == "ok"
     assert calls == 2
+
+
+def test_a_reused_exception_instance_does_not_pile_up_notes(clock: FakeClock,
+                                                            registry: Registry) -> None:
+    shared = ConnectionError("always the same instance")
+
+    @retry(on=ConnectionError, attempts=2, sleep=clock.sleep, registry=registry)
+    def down() -> None:
+        raise shared
+
+    for _ in range(50):
+        with pytest.raises(ConnectionError):
+            down()
+    notes = shared.__notes__
+    assert len(notes) == 1 and "gave up" in notes[0]
