@@ -67,6 +67,7 @@ class MemoryBackend(Backend):
         self._bytes = 0
         self._evictions = 0
         self.rejected = 0
+        self._sets = 0
         self.on_evict: Callable[[Key, Any, float | None], None] | None = None
         """Called (outside the lock) with ``(key, value, remaining ttl)`` per LRU eviction."""
         self.probe = self.get
@@ -108,8 +109,16 @@ class MemoryBackend(Backend):
             self._data[key] = (value, deadline, size)
             self._bytes += size
             victims = self._evict_locked()
+            self._sets += 1
+            if self.maxsize is None and self._sets % 1024 == 0:
+                self._sweep_locked()  # unbounded by count: drop expired entries now and then
         if victims:
             self._evicted(victims)
+
+    def _sweep_locked(self) -> None:
+        now = self.timer()
+        for k in [k for k, e in self._data.items() if e[1] is not None and e[1] <= now]:
+            self._bytes -= self._data.pop(k)[2]
 
     def _evict_locked(self) -> list[tuple[Key, tuple[Any, float | None, int]]] | None:
         """Evict down to the bounds; the live victims if someone wants them, else None."""

@@ -58,6 +58,7 @@ class TieredBackend(Backend):
         listen: bool = True,
         promote_after: int = 1,
         l2_writes: Literal["through", "on_evict"] = "through",
+        subscribe_timeout: float = 1.0,
     ) -> None:
         if l2 is None:
             raise ValueError("l2 is required: the shared tier (e.g. RedisBackend(url))")
@@ -102,6 +103,9 @@ class TieredBackend(Backend):
         if listen and hasattr(self.shared, "client") and hasattr(self.shared, "publish"):
             self._listener = _Listener(self)
             self._listener.start()
+            # Subscribe before first use, so no invalidation sent from now on is missed
+            # (bounded: a Redis that is down must not block start-up).
+            self._listener.subscribed.wait(subscribe_timeout)
 
     @property
     def timer(self) -> Any:
@@ -208,12 +212,21 @@ class TieredBackend(Backend):
 
     # -- writes and invalidation: every tier, first error re-raised after the rest ----
     def set(self, key: Key, value: Any, ttl: float | None) -> None:
+        # Lower tiers first: a value they cannot serialise must not live on in L1 alone.
+        try:
+            _each(self._write_tiers, lambda t: t.set(key, value, ttl))
+        except BackendError:
+            self.l1.set(key, value, self._l1_ttl(ttl))  # a tier is down: L1 keeps working
+            raise
         self.l1.set(key, value, self._l1_ttl(ttl))
-        _each(self._write_tiers, lambda t: t.set(key, value, ttl))
 
     async def aset(self, key: Key, value: Any, ttl: float | None) -> None:
+        try:
+            await _aeach(self._write_tiers, lambda t: t.aset(key, value, ttl))
+        except BackendError:
+            self.l1.set(key, value, self._l1_ttl(ttl))
+            raise
         self.l1.set(key, value, self._l1_ttl(ttl))
-        await _aeach(self._write_tiers, lambda t: t.aset(key, value, ttl))
 
     def delete(self, key: Key) -> bool:
         local = self.l1.delete(key)
