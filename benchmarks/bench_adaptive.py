@@ -137,6 +137,7 @@ class Result:
     peak_kib: float
     entries_end: int
     prefetch_accuracy: float | None
+    prefetches: int
     adjustments: int
 
 
@@ -180,6 +181,7 @@ def run_one(workload: str, cache: str, backend: Backend, prefetch: Prefetch | No
         peak_kib=max(samples) / 1024,
         entries_end=len(backend),  # type: ignore[arg-type]
         prefetch_accuracy=stats.prefetch_accuracy if prefetch is not None else None,
+        prefetches=stats.prefetches,
         adjustments=getattr(backend, "adjustments", 0),
     )
 
@@ -198,11 +200,14 @@ def run(calls: int = 2500, budget_kib: int = 256, miss_ms: float = 1.0,
 def table(results: list[Result]) -> str:
     lines = [
         "| workload | cache | hit rate | mean latency | p95 latency | memory mean / peak "
-        "| entries at end | capacity steps | prefetch accuracy |",
+        "| entries at end | capacity steps | prefetch accuracy (prefetches) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        accuracy = "—" if r.prefetch_accuracy is None else f"{r.prefetch_accuracy:.0%}"
+        accuracy = (
+            "—" if r.prefetch_accuracy is None
+            else f"{r.prefetch_accuracy:.0%} ({r.prefetches})"
+        )
         lines.append(
             f"| {r.workload} | {r.cache} | {r.hit_rate:.1%} | {r.mean_ms:.3f} ms "
             f"| {r.p95_ms:.3f} ms | {r.mean_kib:.0f} / {r.peak_kib:.0f} KiB "

@@ -350,3 +350,24 @@ def test_a_transition_seen_once_is_not_prefetched_by_default():
     f(1)  # now seen twice
     prefetcher.wait_idle()
     assert f.cache_stats().prefetches == 1
+
+
+def test_prefetch_figures_are_exported_to_the_registry():
+    from perfkit import Registry
+
+    registry = Registry()
+
+    @cached(namespace="prefetch-exported", registry=registry,
+            prefetch=Prefetch(max_fraction=1.0, min_count=1))
+    def f(x):
+        return x
+
+    for x in (1, 2, 1):
+        f(x)
+    f.cache_invalidate(2)
+    f(1)
+    f.cache_core.prefetcher.wait_idle()
+    f(2)
+    text = registry.render_prometheus()
+    assert 'perfkit_cache_prefetches_total{function="prefetch-exported"} 1' in text
+    assert 'perfkit_cache_prefetch_used_total{function="prefetch-exported"} 1' in text

@@ -335,6 +335,10 @@ _EXPORTED = (
     ("perfkit_cache_backend_errors", "Backend failures the cache absorbed", "backend_errors"),
     ("perfkit_cache_compute_seconds", "Time spent computing misses", "compute_seconds"),
 )
+_EXPORTED_PREFETCH = (
+    ("perfkit_cache_prefetches", "Entries computed ahead by prefetch", "prefetched"),
+    ("perfkit_cache_prefetch_used", "Prefetched entries a later call was served from", "used"),
+)
 
 
 def _export_stats(core: _Core, registry: Registry) -> None:
@@ -347,6 +351,16 @@ def _export_stats(core: _Core, registry: Registry) -> None:
             return float(getattr(alive.stats, field)) if alive is not None else 0.0
 
         registry.counter(name, help_text, ("function",)).labels(core.namespace).set_function(read)
+    if core.prefetcher is not None:
+        for name, help_text, field in _EXPORTED_PREFETCH:
+            def read_prefetch(field: str = field) -> float:
+                alive = ref()
+                prefetcher = alive.prefetcher if alive is not None else None
+                return float(getattr(prefetcher, field)) if prefetcher is not None else 0.0
+
+            registry.counter(name, help_text, ("function",)).labels(
+                core.namespace
+            ).set_function(read_prefetch)
 
 
 def _defined_in_class(func: Callable[..., Any]) -> bool:
@@ -883,21 +897,13 @@ def _prefetch_sync_wrapper(
 ) -> Callable[..., Any]:
     """The sync wrapper plus learning: each call is observed, the next one prefetched."""
     make_key, miss, stats, observe = core.keys.build, core.miss, core.stats, prefetcher.observe
-    backend = core.backend
-    first, rest = backend.probe or backend.get, backend.rest
-    inflight = prefetcher.inflight
+    read, inflight = core.read_raw, prefetcher.inflight
     missing = MISSING
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         key = make_key(args, kwargs)
-        try:
-            value = first(key)
-            if value is missing and rest is not None:
-                value = rest(key)
-        except BackendError:
-            stats.backend_errors += 1
-            value = missing
+        value = read(key)
         if value is not missing:
             stats.hits += 1
             observe(key, args, kwargs, True)
