@@ -1,0 +1,36 @@
+"""ASGI types and the few header helpers every middleware here shares.
+
+Kept free of Starlette so the middleware runs under any ASGI 3 server or framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+START = "http.response.start"
+BODY = "http.response.body"
+
+
+def header(headers: Any, name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case) in a raw ASGI header list, or None."""
+    for key, value in headers:
+        if key == name or key.lower() == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def without(headers: Any, *names: bytes) -> Headers:
+    """A copy of ``headers`` without any field in ``names`` (lower-case)."""
+    return [(k, v) for k, v in headers if k.lower() not in names]
+
+
+def empty_body() -> Message:
+    return {"type": BODY, "body": b"", "more_body": False}
