@@ -486,8 +486,8 @@ def acceptable_codings(value: str | None, available: Sequence[str]) -> list[str]
     ``q=0`` means not acceptable; ``*`` covers codings not listed; ``identity`` is
     acceptable unless ``identity;q=0`` (or ``*;q=0`` without an identity entry). A missing
     header accepts anything, but we answer it with identity (no coding is asked for). Ties
-    are broken by the order of ``available`` (the server's preference); identity comes
-    last among equals, so compression wins a tie.
+    are broken by the order of ``available`` (the server's preference); an unlisted
+    identity ranks below every accepted coding, and identity loses ties.
     """
     if value is None:
         return ["identity"]
@@ -500,7 +500,8 @@ def acceptable_codings(value: str | None, available: Sequence[str]) -> list[str]
             q = prefs["x-gzip"]
         if q > 0:
             scored.append((q, rank, coding))
-    identity_q = prefs.get("identity", star if star is not None else 1.0)
+    # An unlisted identity is acceptable but least preferred: any accepted coding wins.
+    identity_q = prefs.get("identity", star if star is not None else 1e-9)
     if identity_q > 0:
         scored.append((identity_q, len(available), "identity"))
     scored.sort(key=lambda item: (-item[0], item[1]))
