@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import platform
-import os
 
 from benchmarks.harness import Case, Unavailable, run_cases, table
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import wrapt
-from typing_extensions import ParamSpec
+from typing_extensions import Concatenate, ParamSpec, Self
 
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.memory import MemoryBackend
@@ -36,7 +36,10 @@ from perfkit.caching.singleflight import TaskFlights, ThreadFlights
 from perfkit.caching.stats import CacheStats, Counters
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+R2 = TypeVar("R2")
+S = TypeVar("S")
 R_co = TypeVar("R_co", covariant=True)
 
 logger = logging.getLogger("perfkit.cache")
@@ -66,6 +69,17 @@ class CachedFunction(Protocol[P, R_co]):
     def cache_stats(self) -> CacheStats: ...
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Key: ...
+
+    # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds).
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[S, P2], R2], instance: S, owner: type[Any] | None = None
+    ) -> CachedFunction[P2, R2]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
 
 
 InstanceKey = Callable[[Any], Hashable] | Literal["shared"] | None
@@ -570,7 +584,7 @@ def _instance_token(instance: Any) -> str:
         return entry[1]
     with _tokens_lock:
         try:
-            ref = weakref.ref(instance, lambda _r, i=ident: _forget_token(i, _r))
+            ref = weakref.ref(instance, functools.partial(_forget_token, ident))
         except TypeError:
             raise TypeError(
                 f"cannot give instances of {type(instance).__qualname__} their own cache "
@@ -726,7 +740,7 @@ def _attach(wrapper: Any, core: _Core) -> None:
 # -- methods, classmethods, staticmethods (wrapt) ---------------------------------------
 
 
-class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
+class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     """``obj.method`` as wrapt binds it: cache controls know their instance."""
 
     def _owner(self) -> Any:
@@ -757,7 +771,7 @@ class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
         return self._self_parent._self_core.snapshot()  # type: ignore[no-any-return]
 
 
-class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[misc]
+class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     __bound_function_wrapper__ = _BoundCachedMethod
 
     def __init__(self, wrapped: Any, wrapper: Any, core: _Core) -> None:

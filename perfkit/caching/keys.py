@@ -116,7 +116,8 @@ def canonical(value: Any, where: str = "argument") -> Hashable:
 
 
 def _base(value: Any) -> Any:
-    for base in (bool, int, float, str, bytes):
+    base: Any
+    for base in (int, float, str, bytes):
         if isinstance(value, base):
             return base(value)
     return value  # pragma: no cover - callers only pass scalar subclasses

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
 
@@ -77,23 +77,22 @@ class TaskFlights:
         return loop, flights
 
     async def run(
-        self, key: Hashable, compute: Callable[[], Awaitable[Any]]
+        self, key: Hashable, compute: Callable[[], Coroutine[Any, Any, Any]]
     ) -> tuple[Any, bool]:
         loop, flights = self._flights()
         task = flights.get(key)
         leader = task is None
         if task is None:
-            task = loop.create_task(compute())  # type: ignore[arg-type]
-            flights[key] = task
+            task = flights[key] = loop.create_task(compute())
             task.add_done_callback(_forget(flights, key))
         return await asyncio.shield(task), leader
 
-    def start(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> bool:
+    def start(self, key: Hashable, compute: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
         """Start ``compute`` in the background unless one runs for ``key``; True if started."""
         loop, flights = self._flights()
         if key in flights:
             return False
-        task = loop.create_task(compute())  # type: ignore[arg-type]
+        task = loop.create_task(compute())
         flights[key] = task
         task.add_done_callback(_forget(flights, key))
         return True
