@@ -18,13 +18,17 @@ from perfkit.caching import (
 
 __version__ = "0.1.0"
 
+from perfkit.metrics import REGISTRY, Registry
+
 __all__ = [
+    "REGISTRY",
     "AiocacheBackend",
     "Backend",
     "BackendError",
     "CacheStats",
     "MemoryBackend",
     "RedisBackend",
+    "Registry",
     "TieredBackend",
     "cached",
 ]
