@@ -295,7 +295,7 @@ async def test_vary_values_are_length_prefixed_and_name_order_is_irrelevant() ->
 
 
 async def test_over_long_varied_values_bypass() -> None:
-    app, mw = cached(max_vary_value=16)
+    _app, mw = cached(max_vary_value=16)
     async with client(mw) as c:
         await c.get("/vary", headers={"accept-language": "en"})
         r = await c.get("/vary", headers={"accept-language": "x" * 100})
@@ -331,7 +331,7 @@ async def test_behind_compression_the_cache_stores_identity_and_serves_both() ->
 
 async def test_freshness_precedence_and_expiry_with_an_injected_clock() -> None:
     clock = Clock()
-    app, mw = cached(clock=clock, default_ttl=5)
+    _app, mw = cached(clock=clock, default_ttl=5)
     async with client(mw) as c:
         s = await c.get(q("cache-control:s-maxage=30, max-age=10"))
         assert s.headers["cache-status"].endswith("ttl=30")
@@ -392,7 +392,7 @@ async def test_query_is_normalised_and_ignored_params_dropped() -> None:
 
 
 async def test_hosts_outside_the_allowlist_bypass() -> None:
-    app, mw = cached(allowed_hosts=["testserver"])
+    _app, mw = cached(allowed_hosts=["testserver"])
     async with client(mw) as c:
         r = await c.get("/page", headers={"host": "evil.example"})
     assert r.headers["cache-status"] == "perfkit; fwd=bypass; detail=host"
@@ -435,7 +435,7 @@ async def test_stampede_exception_reaches_every_waiter_and_is_not_cached() -> No
 
 
 async def test_unsafe_methods_invalidate_the_path_and_location() -> None:
-    app, mw = cached()
+    _app, mw = cached()
     async with client(mw) as c:
         await c.get("/items")
         await c.get("/items?page=2")
@@ -450,7 +450,7 @@ async def test_unsafe_methods_invalidate_the_path_and_location() -> None:
 
 
 async def test_failed_unsafe_request_does_not_invalidate() -> None:
-    app, mw = cached()
+    _app, mw = cached()
     async with client(mw) as c:
         await c.get("/items/1")
         await c.post("/items/1")  # 405: not successful
@@ -459,7 +459,7 @@ async def test_failed_unsafe_request_does_not_invalidate() -> None:
 
 
 async def test_invalidation_api_by_path_and_prefix() -> None:
-    app, mw = cached()
+    _app, mw = cached()
     async with client(mw) as c:
         for path in ("/items/1", "/items/2", "/page"):
             await c.get(path)

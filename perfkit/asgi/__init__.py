@@ -18,10 +18,15 @@ from perfkit.asgi.compression import CompressionMiddleware
 from perfkit.asgi.conditional import conditional
 from perfkit.asgi.etag import ETagMiddleware
 from perfkit.asgi.response_cache import ResponseCacheMiddleware
+from perfkit.asgi.timing import TimingMiddleware, metrics_app
+from perfkit.spans import span
 
 __all__ = [
     "CompressionMiddleware",
     "ETagMiddleware",
     "ResponseCacheMiddleware",
+    "TimingMiddleware",
     "conditional",
+    "metrics_app",
+    "span",
 ]

@@ -34,3 +34,21 @@ def without(headers: Any, *names: bytes) -> Headers:
 
 def empty_body() -> Message:
     return {"type": BODY, "body": b"", "more_body": False}
+
+
+SCOPE_ROUTE = "perfkit.route"
+"""Scope key where the response cache leaves the route template of an entry it serves."""
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's path template (Starlette/FastAPI set ``scope["route"]``)."""
+    cached = scope.get(SCOPE_ROUTE)
+    if cached is not None:
+        return str(cached)
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    # Inside a Mount, root_path holds the mount prefix (beyond the app's own root path).
+    mount: str = scope.get("root_path", "")[len(scope.get("app_root_path", "")):]
+    return mount + path

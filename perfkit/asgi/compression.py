@@ -87,7 +87,7 @@ class CompressionMiddleware:
             elif key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
                 suffixed_request = True
         if suffixed_request:
-            scope = dict(scope)
+            # In place, not a copy: outer layers (timing) must see what the router adds.
             scope["headers"] = _unsuffix_conditions(scope["headers"])
         coding = negotiate_encoding(accept.decode("latin-1") if accept is not None else None,
                                     ("gzip",))

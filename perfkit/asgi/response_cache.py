@@ -33,7 +33,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from perfkit.asgi._asgi import BODY, START, ASGIApp, Message, Receive, Scope, Send, empty_body
+from perfkit.asgi._asgi import (
+    BODY,
+    SCOPE_ROUTE,
+    START,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    empty_body,
+    route_template,
+)
 from perfkit.caching.backends.base import MISSING, Backend, BackendError
 from perfkit.http_rules import (
     DEFAULT_CACHEABLE_STATUSES,
@@ -74,22 +85,23 @@ class _Entry:
     ttl: float
     etag: str | None
     last_modified: float | None
+    route: str | None = None
 
     def dump(self) -> list[Any]:
         """JSON-compatible (no pickle needed): bytes as latin-1 text."""
         flat = [x.decode("latin-1") for pair in self.headers for x in pair]
         return [_ENTRY_VERSION, self.status, self.stored_at, self.ttl, flat,
-                self.body.decode("latin-1"), self.etag, self.last_modified]
+                self.body.decode("latin-1"), self.etag, self.last_modified, self.route]
 
     @classmethod
     def load(cls, raw: Any) -> _Entry | None:
         try:
-            version, status, stored_at, ttl, flat, body, etag, modified = raw
+            version, status, stored_at, ttl, flat, body, etag, modified, route = raw
             if version != _ENTRY_VERSION:
                 return None
             enc = [x.encode("latin-1") for x in flat]
             return cls(int(status), list(zip(enc[::2], enc[1::2])), body.encode("latin-1"),
-                       float(stored_at), float(ttl), etag, modified)
+                       float(stored_at), float(ttl), etag, modified, route)
         except (TypeError, ValueError, AttributeError):
             return None  # an entry from another version, or garbage: a miss
 
@@ -308,7 +320,8 @@ class ResponseCacheMiddleware:
                 await self._finish(send, start, "fwd=uri-miss")
                 await send(message)
                 return
-            detail, entry, vary = await self._decide(request, record, start, message)
+            detail, entry, vary = await self._decide(request, record, start, message,
+                                                     route_template(scope))
             if flight is not None:
                 if entry is not None:
                     flight.entry = entry
@@ -322,8 +335,8 @@ class ResponseCacheMiddleware:
         if held is not None:  # the app sent a start but never a body
             await self._finish(send, held, "fwd=uri-miss")
 
-    async def _decide(self, request: _Request, record: Any, start: Message,
-                      message: Message) -> tuple[str, _Entry | None, tuple[str, ...]]:
+    async def _decide(self, request: _Request, record: Any, start: Message, message: Message,
+                      route: str | None) -> tuple[str, _Entry | None, tuple[str, ...]]:
         """Store the response if allowed: ``(Cache-Status detail, entry, vary names)``."""
         status: int = start["status"]
         headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
@@ -373,7 +386,7 @@ class ResponseCacheMiddleware:
             start["headers"] = headers
         stored_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
         entry = _Entry(status, stored_headers, body, now, ttl, etag,
-                       parse_http_date(text.get("last-modified")))
+                       parse_http_date(text.get("last-modified")), route)
         gen = record.get("gen") if isinstance(record, dict) else None
         if gen is None or tuple(record.get("vary", ())) != tuple(vary):
             gen = gen or secrets.token_hex(8)
@@ -392,6 +405,8 @@ class ResponseCacheMiddleware:
 
     # -- hits ----------------------------------------------------------------------------
     async def _serve(self, entry: _Entry, scope: Scope, send: Send, status_text: str) -> None:
+        if entry.route is not None:
+            scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
         now = self.clock()
         age = max(0, int(now - entry.stored_at))
         remaining = max(0, int(entry.ttl - (now - entry.stored_at)))
