@@ -156,13 +156,23 @@ def _append_server_timing(headers: list[tuple[bytes, bytes]], spans: Any) -> Non
 def metrics_app(registry: Registry | None = None) -> ASGIApp:
     """An ASGI app serving ``registry`` (default ``perfkit.REGISTRY``) as Prometheus text.
 
-    Mount it at ``/metrics`` (``app.mount("/metrics", metrics_app())``); GET and HEAD get
-    200, other methods 405. Keep ``/metrics`` in ``TimingMiddleware(exclude_paths=...)``.
+    Route it at ``/metrics``: ``Route("/metrics", metrics_app())`` in Starlette,
+    ``app.add_route("/metrics", metrics_app())`` in FastAPI (``mount`` works too, at
+    ``/metrics/``). GET and HEAD get 200, other methods 405. Keep ``/metrics`` in
+    ``TimingMiddleware(exclude_paths=...)`` (the default) so scrapes are not counted.
     """
-    reg = registry if registry is not None else REGISTRY
-    content_type = CONTENT_TYPE.encode()
+    return _MetricsApp(registry if registry is not None else REGISTRY)
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+
+class _MetricsApp:
+    """A class, not a function, so Starlette's ``Route`` treats it as an ASGI app."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reg = self.registry
+        content_type = CONTENT_TYPE.encode()
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -185,8 +195,6 @@ def metrics_app(registry: Registry | None = None) -> ASGIApp:
         ]})
         await send({"type": "http.response.body",
                     "body": b"" if scope["method"] == "HEAD" else body})
-
-    return app
 
 
 def worker_id() -> str:
