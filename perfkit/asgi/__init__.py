@@ -1,15 +1,18 @@
 """Pure-ASGI middleware: ETags and conditional requests, a response cache that cannot leak,
 gzip that honours q-values, timing and a Prometheus ``/metrics`` app.
 
-Stack order, outermost first (each layer is added *after* the one inside it, since
-``app.add_middleware`` wraps the current stack)::
+Stack order, outermost first (``app.add_middleware`` wraps the current stack, so add
+them innermost first: ETag, then the cache, then compression, then timing)::
 
-    TimingMiddleware          # sees the final status and the full duration
-      CompressionMiddleware   # negotiates per request, suffixes strong ETags per coding
-        ResponseCacheMiddleware / ETagMiddleware   # store identity bytes, answer 304s
-          app
+    TimingMiddleware            # sees the final status (304s, hits) and the full duration
+      CompressionMiddleware     # negotiates per request, suffixes strong ETags per coding
+        ResponseCacheMiddleware # stores identity bytes once, answers hits and 304s
+          ETagMiddleware        # strong ETag from the identity body
+            app
 
-:func:`check_stack_order` raises if these layers are nested in another order.
+Another order is not unsafe (the cache keys encoded bodies by the negotiated coding), only
+slower: a cache outside compression stores one variant per coding and compresses nothing
+on hits.
 """
 
 from __future__ import annotations
