@@ -334,3 +334,44 @@ def test_aiocache_adapter_refuses_sync_functions():
         @cached(backend=AiocacheBackend(Cache(Cache.MEMORY)))
         def f():
             return 1
+
+
+def _l1_reader(url, namespace, channel, ready, done, results):
+    tiered = TieredBackend(MemoryBackend(100), RedisBackend(url), channel=channel)
+    tiered._listener.subscribed.wait(5)
+
+    @cached(ttl=60, backend=tiered, namespace=namespace)
+    def value(x):
+        return ("child", x)
+
+    results.put(value(1))  # read through into this process's L1
+    ready.set()
+    done.wait(10)
+    key = value.cache_key(1)
+    results.put(wait_until(lambda: tiered.l1.get(key) is MISSING, timeout=5))
+    tiered.close()
+
+
+def test_invalidation_reaches_another_real_process(redis_url, unique_ns):
+    channel = f"{unique_ns}:inval"
+    tiered = TieredBackend(MemoryBackend(100), RedisBackend(redis_url), channel=channel)
+
+    @cached(ttl=60, backend=tiered, namespace=unique_ns)
+    def value(x):
+        return ("parent", x)
+
+    assert value(1) == ("parent", 1)
+    ctx = multiprocessing.get_context("spawn")
+    ready, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_l1_reader,
+                        args=(redis_url, unique_ns, channel, ready, done, results))
+    child.start()
+    try:
+        assert results.get(timeout=30) == ("parent", 1)  # the child cached our value in its L1
+        assert ready.wait(10)
+        value.cache_invalidate(1)
+        done.set()
+        assert results.get(timeout=30) is True  # and dropped it when we invalidated
+    finally:
+        child.join(timeout=10)
+        tiered.close()

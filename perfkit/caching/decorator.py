@@ -24,10 +24,10 @@ import time
 import weakref
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Literal, Protocol, TypeVar, overload
 
 import wrapt
-from typing_extensions import Concatenate, ParamSpec, Self
+from typing_extensions import ParamSpec, Self
 
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.memory import MemoryBackend

@@ -191,6 +191,8 @@ class KeyBuilder:
         )
         # The fast path applies when every parameter was passed positionally.
         self._fast_arity = len(params) if simple else -1
+        self._defaults = tuple(p.default for p in params)
+        self._required = sum(1 for p in params if p.default is p.empty) if simple else 0
         self.build = self._make_build()
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
@@ -201,8 +203,10 @@ class KeyBuilder:
         if self.custom is not None:
             return self._custom_key
         namespace, arity, slow = self.namespace, self._fast_arity, self._bound_key
+        required = self._required
+        defaults = self._defaults
         scalar_codes, codes_for = _SCALAR_CODES, _codes_for
-        if arity == 1:
+        if arity == 1 and required == 1:
 
             def build1(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
                 if not kwargs and len(args) == 1:
@@ -214,7 +218,10 @@ class KeyBuilder:
             return build1
 
         def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
-            if not kwargs and len(args) == arity:
+            n = len(args)
+            if not kwargs and required <= n <= arity:
+                if n < arity:  # trailing parameters left to their defaults
+                    args = args + defaults[n:]
                 codes = codes_for(tuple(map(type, args)))
                 if codes is not None:
                     return (namespace, codes, *args)

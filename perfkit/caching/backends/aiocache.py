@@ -51,7 +51,7 @@ class AiocacheBackend(Backend):
         now = time.monotonic()
         if known is not None and known[1] > now:
             return known[0]
-        with self.guard():
+        with self.guard:
             raw = await self.cache.get(f"{self.prefix}gen:{namespace}")
         generation = int(raw[0]) if isinstance(raw, (list, tuple)) and raw else 0
         self._generations[namespace] = (generation, now + self.generation_ttl)
@@ -63,7 +63,7 @@ class AiocacheBackend(Backend):
 
     async def aget(self, key: Key) -> Any:
         skey = await self._key(key)
-        with self.guard():
+        with self.guard:
             raw = await self.cache.get(skey)
         if isinstance(raw, (list, tuple)) and len(raw) == 1:
             return raw[0]
@@ -71,17 +71,17 @@ class AiocacheBackend(Backend):
 
     async def aset(self, key: Key, value: Any, ttl: float | None) -> None:
         skey = await self._key(key)
-        with self.guard():
+        with self.guard:
             await self.cache.set(skey, (value,), ttl=None if ttl is None else max(1, round(ttl)))
 
     async def adelete(self, key: Key) -> bool:
         skey = await self._key(key)
-        with self.guard():
+        with self.guard:
             return bool(await self.cache.delete(skey))
 
     async def aclear_namespace(self, namespace: str) -> int:
         generation = await self._generation(namespace) + 1
-        with self.guard():
+        with self.guard:
             await self.cache.set(f"{self.prefix}gen:{namespace}", (generation,))
         self._generations[namespace] = (generation, time.monotonic() + self.generation_ttl)
         return 0  # memcached cannot count what it dropped

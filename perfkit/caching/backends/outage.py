@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 from perfkit.caching.backends.base import BackendError
 
@@ -36,21 +35,27 @@ class OutageGuard:
         self._down_until = 0.0
         self._lock = threading.Lock()
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        """Wrap one server call (works around ``await`` too)."""
+    def __enter__(self) -> None:
+        """``with guard:`` around one server call (works around ``await`` too)."""
         if self._down_until and time.monotonic() < self._down_until:
             raise BackendError(f"{self.name} is down (retrying shortly)")
-        try:
-            yield
-        except self.outage_errors as exc:
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            if self.outage:
+                self._recover()
+            return
+        if isinstance(exc, self.outage_errors):
             self._trip(exc)
             raise BackendError(f"{self.name}: {exc!r}") from exc
-        except self.other_errors as exc:
+        if isinstance(exc, self.other_errors) and not isinstance(exc, BackendError):
             self.errors += 1
             raise BackendError(f"{self.name}: {exc!r}") from exc
-        if self.outage:
-            self._recover()
 
     def _trip(self, exc: BaseException) -> None:
         with self._lock:

@@ -167,13 +167,13 @@ class RedisBackend(Backend):
 
     # -- sync --------------------------------------------------------------------------
     def get(self, key: Key) -> Any:
-        with self.guard():
+        with self.guard:
             raw = self.client.get(self._key(key))
         return MISSING if raw is None else self.loads(raw)
 
     def get_with_ttl(self, key: Key) -> tuple[Any, float | None]:
         """The value and its remaining time to live in seconds (one round trip)."""
-        with self.guard():
+        with self.guard:
             pipe = self.client.pipeline(transaction=False)
             skey = self._key(key)
             raw, pttl = pipe.get(skey).pttl(skey).execute()
@@ -183,17 +183,17 @@ class RedisBackend(Backend):
 
     def set(self, key: Key, value: Any, ttl: float | None) -> None:
         data = self.dumps(value)
-        with self.guard():
+        with self.guard:
             self.client.set(self._key(key), data, px=self._px(ttl))
 
     def delete(self, key: Key) -> bool:
-        with self.guard():
+        with self.guard:
             return bool(self.client.unlink(self._key(key)))
 
     def clear_namespace(self, namespace: str) -> int:
         pattern = namespace_pattern(namespace, self.prefix)
         removed = 0
-        with self.guard():
+        with self.guard:
             batch: list[bytes] = []
             for name in self.client.scan_iter(match=pattern, count=500):
                 batch.append(name)
@@ -206,31 +206,31 @@ class RedisBackend(Backend):
 
     def count_namespace(self, namespace: str) -> int:
         pattern = namespace_pattern(namespace, self.prefix)
-        with self.guard():
+        with self.guard:
             return sum(1 for _ in self.client.scan_iter(match=pattern, count=500))
 
     def acquire_lock(self, key: Key, lease: float) -> str | None:
         token = secrets.token_hex(8)
-        with self.guard():
+        with self.guard:
             ok = self.client.set(self._lock_key(key), token, nx=True, px=max(1, int(lease * 1000)))
         return token if ok else None
 
     def release_lock(self, key: Key, token: str) -> None:
-        with self.guard():
+        with self.guard:
             self.client.eval(_RELEASE, 1, self._lock_key(key), token)
 
     def publish(self, channel: str, message: str) -> None:
-        with self.guard():
+        with self.guard:
             self.client.publish(channel, message)
 
     # -- async -------------------------------------------------------------------------
     async def aget(self, key: Key) -> Any:
-        with self.guard():
+        with self.guard:
             raw = await self.aclient.get(self._key(key))
         return MISSING if raw is None else self.loads(raw)
 
     async def aget_with_ttl(self, key: Key) -> tuple[Any, float | None]:
-        with self.guard():
+        with self.guard:
             pipe = self.aclient.pipeline(transaction=False)
             skey = self._key(key)
             raw, pttl = await pipe.get(skey).pttl(skey).execute()
@@ -240,17 +240,17 @@ class RedisBackend(Backend):
 
     async def aset(self, key: Key, value: Any, ttl: float | None) -> None:
         data = self.dumps(value)
-        with self.guard():
+        with self.guard:
             await self.aclient.set(self._key(key), data, px=self._px(ttl))
 
     async def adelete(self, key: Key) -> bool:
-        with self.guard():
+        with self.guard:
             return bool(await self.aclient.unlink(self._key(key)))
 
     async def aclear_namespace(self, namespace: str) -> int:
         pattern = namespace_pattern(namespace, self.prefix)
         removed = 0
-        with self.guard():
+        with self.guard:
             batch: list[bytes] = []
             async for name in self.aclient.scan_iter(match=pattern, count=500):
                 batch.append(name)
@@ -263,18 +263,18 @@ class RedisBackend(Backend):
 
     async def aacquire_lock(self, key: Key, lease: float) -> str | None:
         token = secrets.token_hex(8)
-        with self.guard():
+        with self.guard:
             ok = await self.aclient.set(
                 self._lock_key(key), token, nx=True, px=max(1, int(lease * 1000))
             )
         return token if ok else None
 
     async def arelease_lock(self, key: Key, token: str) -> None:
-        with self.guard():
+        with self.guard:
             await self.aclient.eval(_RELEASE, 1, self._lock_key(key), token)
 
     async def apublish(self, channel: str, message: str) -> None:
-        with self.guard():
+        with self.guard:
             await self.aclient.publish(channel, message)
 
     def close(self) -> None:
