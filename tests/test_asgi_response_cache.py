@@ -520,7 +520,7 @@ def test_defaults_are_bounded_and_bad_arguments_are_named() -> None:
     assert isinstance(mw.backend, MemoryBackend)
     assert mw.backend.maxsize is not None and mw.backend.max_bytes is not None
     for kwargs, name in (({"max_ttl": 0}, "max_ttl"), ({"default_ttl": -1}, "default_ttl"),
-                         ({"lock_timeout": 0}, "lock_timeout"),
+                         ({"lock_timeout": 0}, "lock_timeout"), ({"pass_ttl": -1}, "pass_ttl"),
                          ({"cache_status": "a b"}, "cache_status")):
         with pytest.raises(ValueError, match=name):
             ResponseCacheMiddleware(App().starlette, **kwargs)
@@ -586,3 +586,42 @@ async def test_redis_going_down_fails_open(redis_server: Any, unique_ns: str) ->
             assert recovered
     finally:
         backend.close()
+
+
+async def test_hit_for_pass_skips_the_miss_machinery_then_expires() -> None:
+    clock = Clock()
+    app, mw = cached(clock=clock, pass_ttl=5)
+    async with client(mw) as c:
+        first = await c.get(q("cache-control:no-store"))
+        second = await c.get(q("cache-control:no-store"))
+        clock.now += 6
+        third = await c.get(q("cache-control:no-store"))
+    assert first.headers["cache-status"] == second.headers["cache-status"] == (
+        "perfkit; fwd=uri-miss; detail=no-store"
+    )
+    assert third.headers["cache-status"].endswith("detail=no-store")
+    assert app.calls["/headers"] == 3
+    assert mw.stats["not-stored:no-store"] == 3
+
+
+async def test_a_pass_record_does_not_stop_a_later_cacheable_answer_after_it_expires() -> None:
+    clock = Clock()
+    app, mw = cached(clock=clock, pass_ttl=1)
+    async with client(mw) as c:
+        missing = await c.get(q(status="404"))
+        during = await c.get(q("cache-control:max-age=60"))
+        clock.now += 2
+        stored = await c.get(q("cache-control:max-age=60"))
+    assert missing.headers["cache-status"].endswith("detail=status")
+    assert during.headers["cache-status"].endswith("detail=status")  # passing, by path
+    assert "stored" in stored.headers["cache-status"]
+    assert app.calls["/headers"] == 3
+
+
+def test_entries_count_their_body_for_the_memory_bound() -> None:
+    import sys
+
+    from perfkit.asgi.response_cache import _Entry
+
+    entry = _Entry(200, [(b"content-type", b"text/plain")], b"x" * 100_000, 0.0, 60.0, None, None)
+    assert sys.getsizeof(entry) > 100_000

@@ -251,6 +251,18 @@ async def test_lifespan_and_websocket_pass_through() -> None:
     assert seen == ["lifespan", "websocket"]
 
 
+async def test_ttfb_histogram_is_opt_in() -> None:
+    reg = Registry(process_metrics=False)
+    async with client(build(reg)) as c:
+        await c.get("/items/1")
+    assert "http_request_ttfb_seconds" not in reg.snapshot()
+    reg2 = Registry(process_metrics=False)
+    async with client(build(reg2, ttfb=True)) as c:
+        await c.get("/items/1")
+    ttfb = dict(reg2.snapshot()["http_request_ttfb_seconds"]["series"])
+    assert ttfb[("GET", "/items/{id}", "2xx")]["count"] == 1
+
+
 def test_bad_arguments_name_the_parameter() -> None:
     with pytest.raises(ValueError, match="max_series"):
         TimingMiddleware(lambda s, r, se: None, max_series=0)  # type: ignore[arg-type,return-value]

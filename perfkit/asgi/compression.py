@@ -33,6 +33,7 @@ DEFAULT_CONTENT_TYPES = (
 
 _NEVER = ("text/event-stream",)  # SSE through a compressor buffers events; leave it alone.
 _SUFFIX = "-gzip"
+_MEMO_MAX = 256
 _SUFFIX_BYTES = b'-gzip"'
 
 
@@ -63,17 +64,35 @@ class CompressionMiddleware:
         self.compresslevel = compresslevel
         self.thread_minimum_size = thread_minimum_size
         self.content_types = tuple(t.lower() for t in content_types)
+        # Small memo tables: header values repeat, parsing them per request is waste.
+        self._gzip_ok: dict[bytes | None, bool] = {}
+        self._compressible: dict[bytes, bool] = {}
 
     def compressible(self, content_type: bytes | None) -> bool:
         if not content_type:
             return False
+        known = self._compressible.get(content_type)
+        if known is not None:
+            return known
         media = content_type.decode("latin-1").partition(";")[0].strip().lower()
-        if media in _NEVER:
-            return False
-        return any(
+        result = media not in _NEVER and any(
             media.endswith(t) if t.startswith("+") else media.startswith(t)
             for t in self.content_types
         )
+        if len(self._compressible) >= _MEMO_MAX:
+            self._compressible.clear()
+        self._compressible[content_type] = result
+        return result
+
+    def accepts_gzip(self, accept: bytes | None) -> bool:
+        known = self._gzip_ok.get(accept)
+        if known is None:
+            text = accept.decode("latin-1") if accept is not None else None
+            known = negotiate_encoding(text, ("gzip",)) == "gzip"
+            if len(self._gzip_ok) >= _MEMO_MAX:
+                self._gzip_ok.clear()
+            self._gzip_ok[accept] = known
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,9 +108,8 @@ class CompressionMiddleware:
         if suffixed_request:
             # In place, not a copy: outer layers (timing) must see what the router adds.
             scope["headers"] = _unsuffix_conditions(scope["headers"])
-        coding = negotiate_encoding(accept.decode("latin-1") if accept is not None else None,
-                                    ("gzip",))
-        responder = _Responder(self, send, gzip=coding == "gzip", suffixed=suffixed_request)
+        responder = _Responder(self, send, gzip=self.accepts_gzip(accept),
+                               suffixed=suffixed_request)
         await self.app(scope, receive, responder.send)
 
 

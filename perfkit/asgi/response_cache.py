@@ -13,9 +13,10 @@ Layout in the backend (namespace ``ns``):
 - ``(ns, "v", path)``: the *vary record* of a path: the request headers its responses vary
   on, a generation token and its creation time. Deleting it invalidates every entry of
   the path (all queries, hosts and variants) in one operation.
-- ``(ns, "e", digest)``: an entry. ``digest`` hashes length-prefixed fields (generation,
-  scheme, host, path, normalised query, principal, each varied header as absent/value),
-  so values cannot collide and nothing secret appears in a key.
+- ``(ns, "e", ...)``: an entry, keyed by the generation, scheme, host, path, normalised
+  query, principal (an HMAC) and each varied header (absent or its value), each its own
+  field so values cannot collide. Shared backends get a SHA-256 of the length-prefixed
+  fields instead, so no header value appears in a Redis key.
 - ``(ns, "p")``: recent prefix invalidations ``[[prefix, time], ...]``.
 """
 
@@ -72,6 +73,9 @@ _NOT_STORED = frozenset(
      b"date", b"server-timing", b"x-response-time", b"set-cookie"}
 )
 _UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+_DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
+                              b"last-modified", b"content-encoding"})
+_PREFIX_REFRESH = 1.0  # seconds a process trusts its copy of the prefix-invalidation log
 _ENTRY_VERSION = 1
 _PREFIX_LOG_MAX = 256
 
@@ -86,6 +90,10 @@ class _Entry:
     etag: str | None
     last_modified: float | None
     route: str | None = None
+
+    def __sizeof__(self) -> int:
+        # MemoryBackend(max_bytes=...) measures entries with sys.getsizeof: count the body.
+        return 256 + len(self.body) + sum(len(k) + len(v) + 96 for k, v in self.headers)
 
     def dump(self) -> list[Any]:
         """JSON-compatible (no pickle needed): bytes as latin-1 text."""
@@ -113,19 +121,19 @@ class _Flight:
     loop: asyncio.AbstractEventLoop
     done: asyncio.Event
     entry: _Entry | None = None
-    digest: str | None = None
+    key: tuple[Any, ...] | None = None
     vary: tuple[str, ...] = ()
     error: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a microsecond per request
 class _Request:
     method: str
     path: str
     scheme: str
     host: str
     query: str
-    headers: dict[str, str]  # lower-case names, repeated lines joined with ", "
+    headers: dict[bytes, bytes]  # lower-case names, repeated lines joined with ", "
     principal: str
 
 
@@ -135,7 +143,9 @@ class ResponseCacheMiddleware:
     Defaults: ``backend=MemoryBackend(maxsize=1024, max_bytes=64 MiB)``,
     ``default_ttl=None`` (store only explicitly fresh responses), ``max_ttl=86400``,
     ``max_body=1 MiB``, ``statuses`` = 200, 203, 204, 300, 301, 308 (add 404/410 to opt in),
-    ``max_vary_value=256`` bytes, no principal keying, ``Cache-Status`` on, single flight on.
+    ``max_vary_value=256`` bytes, no principal keying, ``Cache-Status`` on, single flight on,
+    ``pass_ttl=5`` s (after a path answers with something not storable, the next requests
+    for that path go straight to the app for this long: "hit-for-pass"; 0 disables).
     """
 
     def __init__(
@@ -155,11 +165,14 @@ class ResponseCacheMiddleware:
         max_vary_value: int = 256,
         cache_status: str | None = "perfkit",
         lock_timeout: float = 10.0,
+        pass_ttl: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (("max_ttl", max_ttl), ("lock_timeout", lock_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if pass_ttl < 0:
+            raise ValueError(f"pass_ttl must be >= 0 seconds, got {pass_ttl!r}")
         if default_ttl is not None and default_ttl < 0:
             raise ValueError(f"default_ttl must be >= 0 or None, got {default_ttl!r}")
         if max_body < 0 or max_vary_value < 1:
@@ -186,11 +199,14 @@ class ResponseCacheMiddleware:
         self.max_vary_value = max_vary_value
         self.cache_status = cache_status
         self.lock_timeout = lock_timeout
+        self.pass_ttl = pass_ttl
         self.clock = clock
         self.stats: dict[str, int] = {}
         """Counters: ``hit``, ``miss``, ``stored``, ``collapsed``, ``bypass:<reason>``,
         ``not-stored:<reason>``, ``invalidated``, ``backend-error``."""
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[tuple[str, ...], _Flight] = {}
+        self._prefix_memo: tuple[float, list[list[Any]]] = (-1e18, [])
+        self._local = backend.is_local  # store _Entry objects as they are, no encoding
         self._backend_down = False
 
     # -- public API ------------------------------------------------------------------------
@@ -202,11 +218,12 @@ class ResponseCacheMiddleware:
     async def invalidate_prefix(self, prefix: str) -> None:
         """Drop every cached path starting with ``prefix`` (``"/"`` drops everything)."""
         now = self.clock()
-        log_ = await self._prefix_log()
+        log_ = await self._prefix_log(fresh=True)
         log_ = [p for p in log_ if now - p[1] < self.max_ttl and p[0] != prefix]
         log_.append([prefix, now])
-        await self._call(self.backend.aset((self.namespace, "p"), log_[-_PREFIX_LOG_MAX:],
-                                           self.max_ttl))
+        log_ = log_[-_PREFIX_LOG_MAX:]
+        self._prefix_memo = (time.monotonic(), log_)
+        await self._call(self.backend.aset((self.namespace, "p"), log_, self.max_ttl))
         self._count("invalidated")
 
     # -- ASGI --------------------------------------------------------------------------------
@@ -219,40 +236,57 @@ class ResponseCacheMiddleware:
             await self._unsafe(scope, receive, send)
             return
         request = self._request(scope)
-        reason = request_bypass_reason(
-            method,
-            has_authorization="authorization" in request.headers,
-            has_cookie="cookie" in request.headers,
-            request_cache_control=request.headers.get("cache-control"),
-            principal_keyed=self.key_principal is not None,
-        )
+        headers = request.headers
+        reason = None
+        if method not in ("GET", "HEAD") or (
+            b"authorization" in headers or b"cookie" in headers or b"cache-control" in headers
+        ):
+            reason = request_bypass_reason(
+                method,
+                has_authorization=b"authorization" in headers,
+                has_cookie=b"cookie" in headers,
+                request_cache_control=_text(headers.get(b"cache-control")),
+                principal_keyed=self.key_principal is not None,
+            )
         if reason is None and self.allowed_hosts is not None and (
             request.host.partition(":")[0] not in self.allowed_hosts
         ):
             reason = StoreReason.HOST
         if reason is not None:
-            self._count(f"bypass:{reason}")
+            self._count(f"bypass:{reason.value}")
             fwd = "method" if reason is StoreReason.METHOD else "bypass"
-            await self.app(scope, receive, self._tagging(send, f"fwd={fwd}; detail={reason}"))
+            await self.app(scope, receive, self._tagging(send, f"fwd={fwd}; detail={reason.value}"))
             return
 
         record = await self._get((self.namespace, "v", request.path))
-        vary: tuple[str, ...] = ()
-        if isinstance(record, dict):
-            vary = tuple(record.get("vary", ()))
-            digest = self._digest(request, record.get("gen", ""), vary)
-            if digest is None:
-                reason = StoreReason.VARY_TOO_LONG
-                self._count(f"bypass:{reason}")
-                await self.app(scope, receive, self._tagging(send, f"fwd=bypass; detail={reason}"))
+        if isinstance(record, dict) and "pass" in record:
+            if record.get("until", 0.0) > self.clock():
+                # Hit-for-pass: this path just answered with something not storable.
+                detail = record["pass"]
+                self._count(f"not-stored:{detail}")
+                await self.app(scope, receive,
+                               self._tagging(send, f"fwd=uri-miss; detail={detail}"))
                 return
-            if await self._invalidated_by_prefix(request.path, float(record.get("created", 0))):
+            record = None
+        if isinstance(record, dict):
+            key = self._key(request, record.get("gen", ""), tuple(record.get("vary", ())))
+            if key is None:
+                reason = StoreReason.VARY_TOO_LONG
+                self._count(f"bypass:{reason.value}")
+                tagged = self._tagging(send, f"fwd=bypass; detail={reason.value}")
+                await self.app(scope, receive, tagged)
+                return
+            read_at, prefixes = self._prefix_memo
+            if time.monotonic() - read_at >= _PREFIX_REFRESH:
+                prefixes = await self._prefix_log()
+            if prefixes and _invalidated(prefixes, request.path, record.get("created", 0.0)):
                 await self._call(self.backend.adelete((self.namespace, "v", request.path)))
             else:
-                entry = _Entry.load(await self._get((self.namespace, "e", digest)))
+                raw = await self._get(key)
+                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
                 if entry is not None and self.clock() - entry.stored_at < entry.ttl:
                     self._count("hit")
-                    await self._serve(entry, scope, send, "hit")
+                    await self._serve(entry, scope, send, "hit", request)
                     return
         self._count("miss")
         if method == "HEAD":  # a HEAD never populates the GET entry
@@ -263,7 +297,8 @@ class ResponseCacheMiddleware:
     # -- miss: single flight, store ---------------------------------------------------------
     async def _miss(self, scope: Scope, receive: Receive, send: Send, request: _Request,
                     record: Any) -> None:
-        flight_key = self._digest(request, "flight", ()) or ""
+        flight_key = (request.scheme, request.host, request.path, request.query,
+                      request.principal)
         loop = asyncio.get_running_loop()
         flight = self._flights.get(flight_key)
         if flight is not None and flight.loop is loop:
@@ -274,11 +309,10 @@ class ResponseCacheMiddleware:
             if flight is not None:
                 if flight.error is not None:
                     raise flight.error
-                if flight.entry is not None and flight.digest == self._digest(
-                    request, "", flight.vary
-                ):
+                if flight.entry is not None and flight.key == self._key(request, "", flight.vary):
                     self._count("collapsed")
-                    await self._serve(flight.entry, scope, send, "fwd=uri-miss; collapsed")
+                    await self._serve(flight.entry, scope, send, "fwd=uri-miss; collapsed",
+                                      request)
                     return
             # The leader's response was not shareable (or differs for us): run our own.
             await self._forward(scope, receive, send, request, record, None)
@@ -326,7 +360,7 @@ class ResponseCacheMiddleware:
                 if entry is not None:
                     flight.entry = entry
                     flight.vary = vary
-                    flight.digest = self._digest(request, "", vary)
+                    flight.key = self._key(request, "", vary)
                 flight.done.set()  # followers may go now: share this entry or run their own
             await self._finish(send, start, f"fwd=uri-miss; {detail}")
             await send(message)
@@ -341,21 +375,17 @@ class ResponseCacheMiddleware:
         status: int = start["status"]
         headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
         body: bytes = message.get("body", b"")
-        found: dict[bytes, bytes] = {}
+        found: dict[bytes, str] = {}
         has_set_cookie = False
         for key, value in headers:
             name = key.lower()
             if name == b"set-cookie":
                 has_set_cookie = True
-            elif name in found:
-                found[name] += b", " + value
-            else:
-                found[name] = value
-        text = {k.decode("latin-1"): v.decode("latin-1") for k, v in found.items()
-                if k in (b"cache-control", b"vary", b"expires", b"date", b"etag",
-                         b"last-modified", b"content-encoding")}
-        cc = parse_cache_control(text.get("cache-control"))
-        vary = parse_vary(text.get("vary"))
+            elif name in _DECISION_FIELDS:
+                text = value.decode("latin-1")
+                found[name] = f"{found[name]}, {text}" if name in found else text
+        cc = parse_cache_control(found.get(b"cache-control"))
+        vary = parse_vary(found.get(b"vary"))
         reason = response_store_reason(status, cc, vary=vary, has_set_cookie=has_set_cookie,
                                        cacheable_statuses=self.statuses)
         if reason is None and message.get("more_body", False):
@@ -365,28 +395,34 @@ class ResponseCacheMiddleware:
         now = self.clock()
         ttl = 0.0
         if reason is None:
-            lifetime = freshness_lifetime(cc, expires=text.get("expires"), date=text.get("date"),
-                                          default=self.default_ttl, now=now)
+            lifetime = freshness_lifetime(cc, expires=found.get(b"expires"),
+                                          date=found.get(b"date"), default=self.default_ttl,
+                                          now=now)
             ttl = min(lifetime or 0.0, self.max_ttl)
             if ttl <= 0:
                 reason = StoreReason.NOT_FRESH
-        coding = text.get("content-encoding", "identity").strip().lower()
+        coding = found.get(b"content-encoding", "identity").strip().lower()
         if reason is None and coding != "identity" and "accept-encoding" not in vary:
             vary.append("accept-encoding")  # an encoded body only for clients that accept it
-        if reason is None and vary and self._digest(request, "", tuple(vary)) is None:
+        if reason is None and vary and self._key(request, "", tuple(vary)) is None:
             reason = StoreReason.VARY_TOO_LONG
         if reason is not None:
-            self._count(f"not-stored:{reason}")
-            return f"detail={reason}", None, ()
+            self._count(f"not-stored:{reason.value}")
+            if self.pass_ttl and not isinstance(record, dict):
+                # Remember for a few seconds, so the next requests skip the miss machinery.
+                await self._call(self.backend.aset(
+                    (self.namespace, "v", request.path),
+                    {"pass": reason.value, "until": now + self.pass_ttl}, self.pass_ttl))
+            return f"detail={reason.value}", None, ()
 
-        etag = text.get("etag")
+        etag = found.get(b"etag")
         if etag is None and status == 200:
             etag = make_etag(body)
             headers.append((b"etag", etag.encode("latin-1")))
             start["headers"] = headers
         stored_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
         entry = _Entry(status, stored_headers, body, now, ttl, etag,
-                       parse_http_date(text.get("last-modified")), route)
+                       parse_http_date(found.get(b"last-modified")), route)
         gen = record.get("gen") if isinstance(record, dict) else None
         if gen is None or tuple(record.get("vary", ())) != tuple(vary):
             gen = gen or secrets.token_hex(8)
@@ -394,29 +430,35 @@ class ResponseCacheMiddleware:
                 (self.namespace, "v", request.path),
                 {"vary": list(vary), "gen": gen, "created": now}, self.max_ttl))
             if not ok:
-                return f"detail={StoreReason.BACKEND_ERROR}", None, ()
-        digest = self._digest(request, gen, tuple(vary))
-        assert digest is not None
-        entry_key = (self.namespace, "e", digest)
-        if not await self._call(self.backend.aset(entry_key, entry.dump(), ttl)):
-            return f"detail={StoreReason.BACKEND_ERROR}", None, ()
+                return "detail=backend-error", None, ()
+        entry_key = self._key(request, gen, tuple(vary))
+        assert entry_key is not None
+        stored: Any = entry if self._local else entry.dump()
+        if not await self._call(self.backend.aset(entry_key, stored, ttl)):
+            return "detail=backend-error", None, ()
         self._count("stored")
         return f"stored; ttl={int(ttl)}", entry, tuple(vary)
 
     # -- hits ----------------------------------------------------------------------------
-    async def _serve(self, entry: _Entry, scope: Scope, send: Send, status_text: str) -> None:
+    async def _serve(self, entry: _Entry, scope: Scope, send: Send, status_text: str,
+                     request: _Request) -> None:
         if entry.route is not None:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
-        now = self.clock()
-        age = max(0, int(now - entry.stored_at))
-        remaining = max(0, int(entry.ttl - (now - entry.stored_at)))
-        headers = [*entry.headers, (b"age", str(age).encode())]
-        cache_status = f"{status_text}; ttl={remaining}" if status_text == "hit" else status_text
+        elapsed = self.clock() - entry.stored_at
+        age = int(elapsed) if elapsed > 0 else 0
+        headers = [*entry.headers, (b"age", b"%d" % age)]
         if self.cache_status is not None:
-            headers.append((b"cache-status", f"{self.cache_status}; {cache_status}".encode()))
+            if status_text == "hit":
+                remaining = int(entry.ttl - elapsed) if entry.ttl > elapsed else 0
+                status_text = f"hit; ttl={remaining}"
+            headers.append((b"cache-status", f"{self.cache_status}; {status_text}".encode()))
         method = scope["method"]
-        conditions = RequestConditions.from_asgi(scope["headers"])
-        if conditions.any and 200 <= entry.status < 300:
+        h = request.headers
+        if 200 <= entry.status < 300 and (
+            b"if-none-match" in h or b"if-modified-since" in h or b"if-match" in h
+            or b"if-unmodified-since" in h
+        ):
+            conditions = RequestConditions.from_asgi(scope["headers"])
             outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
             if outcome is Precondition.NOT_MODIFIED:
                 await send({"type": START, "status": 304, "headers": not_modified_headers(headers)})
@@ -447,11 +489,10 @@ class ResponseCacheMiddleware:
 
     # -- helpers -----------------------------------------------------------------------------
     def _request(self, scope: Scope) -> _Request:
-        headers: dict[str, str] = {}
+        headers: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
-            name = key.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {text}" if name in headers else text
+            name = key.lower()
+            headers[name] = headers[name] + b", " + value if name in headers else value
         query = scope.get("query_string", b"").decode("latin-1")
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
@@ -464,25 +505,40 @@ class ResponseCacheMiddleware:
             who = self.key_principal(scope)
             principal = "-" if who is None else hmac.new(
                 self._secret, who.encode(), hashlib.sha256).hexdigest()
-        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"),
-                        headers.get("host", "").lower(), query, headers, principal)
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"), host, query,
+                        headers, principal)
 
-    def _digest(self, request: _Request, gen: str, vary: tuple[str, ...]) -> str | None:
-        """Hash of length-prefixed key fields; None if a varied value is over the cap."""
-        parts = [gen, request.scheme, request.host, request.path, request.query,
-                 request.principal]
+    def _key(self, request: _Request, gen: str,
+             vary: tuple[str, ...]) -> tuple[Any, ...] | None:
+        """The entry key; None if a varied value is over the cap.
+
+        Every field is its own tuple element (so ``("ab", "c")`` and ``("a", "bc")`` differ,
+        and an absent header, None, differs from an empty one). A shared backend gets a
+        SHA-256 of the length-prefixed fields instead: no header value (a token named in
+        Vary) ever appears in a Redis key.
+        """
+        if not vary and self._local:
+            return (self.namespace, "e", gen, request.scheme, request.host, request.path,
+                    request.query, request.principal)
+        parts: list[Any] = [gen, request.scheme, request.host, request.path, request.query,
+                            request.principal]
         for name in sorted(vary):
-            value = request.headers.get(name)
-            if value is None:
-                parts.append(f"{name}\x00absent")
+            raw = request.headers.get(name.encode("latin-1"))
+            if raw is None:
+                parts.append(None)
                 continue
+            value = raw.decode("latin-1")
             if name == "accept-encoding":
                 value = accept_encoding_key(value, _CODINGS)
             elif len(value) > self.max_vary_value:
                 return None
-            parts.append(f"{name}\x00={value}")
-        data = "".join(f"{len(p)}:{p}," for p in parts).encode("utf-8", "surrogateescape")
-        return hashlib.sha256(data, usedforsecurity=False).hexdigest()
+            parts.append(value)
+        if self._local:
+            return (self.namespace, "e", *sorted(vary), *parts)
+        fields = [*sorted(vary), *("\x00absent" if p is None else p for p in parts)]
+        data = "".join(f"{len(p)}:{p}," for p in fields).encode("utf-8", "surrogateescape")
+        return (self.namespace, "e", hashlib.sha256(data, usedforsecurity=False).hexdigest())
 
     def _tagging(self, send: Send, text: str) -> Send:
         if self.cache_status is None:
@@ -502,23 +558,25 @@ class ResponseCacheMiddleware:
                                 (b"cache-status", f"{self.cache_status}; {text}".encode())]
         await send(start)
 
-    async def _invalidated_by_prefix(self, path: str, created: float) -> bool:
-        for prefix, when in await self._prefix_log():
-            if created <= when and path.startswith(prefix):
-                return True
-        return False
-
-    async def _prefix_log(self) -> list[list[Any]]:
-        value = await self._get((self.namespace, "p"))
-        return value if isinstance(value, list) else []
+    async def _prefix_log(self, fresh: bool = False) -> list[list[Any]]:
+        """The prefix-invalidation log, re-read from the backend at most once a second."""
+        now = time.monotonic()
+        read_at, log_ = self._prefix_memo
+        if fresh or now - read_at >= _PREFIX_REFRESH:
+            value = await self._get((self.namespace, "p"))
+            log_ = value if isinstance(value, list) else []
+            self._prefix_memo = (now, log_)
+        return log_
 
     async def _get(self, key: tuple[str, ...]) -> Any:
         try:
-            value = await self.backend.aget(key)
+            # A local backend never blocks: skip the coroutine (the hit path's largest cost).
+            value = self.backend.get(key) if self._local else await self.backend.aget(key)
         except BackendError as exc:
             self._backend_failed(exc)
             return MISSING
-        self._backend_ok()
+        if self._backend_down:
+            self._backend_ok()
         return value
 
     async def _call(self, op: Any) -> bool:
@@ -544,4 +602,13 @@ class ResponseCacheMiddleware:
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def _invalidated(prefixes: list[list[Any]], path: str, created: float) -> bool:
+    """Was the vary record (made at ``created``) dropped by a later prefix invalidation?"""
+    return any(created <= when and path.startswith(prefix) for prefix, when in prefixes)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 

@@ -4,7 +4,8 @@
 
 - ``http_requests_total`` (counter);
 - ``http_request_duration_seconds`` (histogram; ends at the last body byte, so background
-  tasks are excluded) and ``http_request_ttfb_seconds`` (until the response start);
+  tasks are excluded) and, with ``ttfb=True``, ``http_request_ttfb_seconds`` (until the
+  response start);
 - ``http_requests_in_progress`` (gauge; always decremented, even on errors).
 
 An exception in the app is recorded as 500 and re-raised unchanged; a client that
@@ -37,7 +38,8 @@ class TimingMiddleware:
     ``response_time_header=True`` (``X-Response-Time: 1.234ms``, time to the response
     start), ``server_timing=False`` (it reveals internals: pass True, or a predicate
     ``(scope) -> bool`` such as an allowlist of client addresses), ``max_series=500`` per
-    family, ``worker=None`` (pass e.g. ``str(os.getpid())`` to label series per process).
+    family, ``worker=None`` (pass e.g. ``str(os.getpid())`` to label series per process),
+    ``ttfb=False`` (True adds the time-to-first-byte histogram, ~0.6 µs per request).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class TimingMiddleware:
         server_timing: bool | Callable[[Scope], bool] = False,
         max_series: int = 500,
         worker: str | None = None,
+        ttfb: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_series < 1:
@@ -71,9 +74,12 @@ class TimingMiddleware:
             labels, max_series=max_series)
         self.ttfb = registry.histogram(
             "http_request_ttfb_seconds", "Time to the response start",
-            labels, max_series=max_series)
+            labels, max_series=max_series) if ttfb else None
         self.in_progress = registry.gauge(
             "http_requests_in_progress", "Requests being served now")
+        self.max_series = max_series
+        # labels -> the three series: one dict lookup per request instead of three.
+        self._series: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exclude_paths:
@@ -137,10 +143,16 @@ class TimingMiddleware:
         labels: tuple[str, ...] = (method, route, status_class)
         if self.worker is not None:
             labels += (self.worker,)
-        self.requests.labels(*labels).inc()
-        self.duration.labels(*labels).observe(duration)
-        if ttfb is not None:
-            self.ttfb.labels(*labels).observe(ttfb)
+        series = self._series.get(labels)
+        if series is None:
+            series = (self.requests.labels(*labels), self.duration.labels(*labels),
+                      self.ttfb.labels(*labels) if self.ttfb is not None else None)
+            if len(self._series) < self.max_series:  # past the cap, the registry folds
+                self._series[labels] = series
+        series[0].inc()
+        series[1].observe(duration)
+        if ttfb is not None and series[2] is not None:
+            series[2].observe(ttfb)
 
 
 def _append_server_timing(headers: list[tuple[bytes, bytes]], spans: Any) -> None:
