@@ -625,3 +625,39 @@ def test_entries_count_their_body_for_the_memory_bound() -> None:
 
     entry = _Entry(200, [(b"content-type", b"text/plain")], b"x" * 100_000, 0.0, 60.0, None, None)
     assert sys.getsizeof(entry) > 100_000
+
+
+@pytest.mark.redis
+async def test_redis_single_flight_across_two_workers_and_a_crashed_holder(
+    redis_url: str, unique_ns: str,
+) -> None:
+    from perfkit import RedisBackend
+
+    app = App()
+    backends = [RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
+                for _ in range(2)]
+    workers = [ResponseCacheMiddleware(app.starlette, backend=b, lock_timeout=5)
+               for b in backends]
+    bodies: list[str] = []
+    try:
+        async def one(worker: ResponseCacheMiddleware) -> None:
+            async with client(worker) as c:
+                bodies.append((await c.get("/slow")).text)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(one, workers[i % 2])
+        assert app.calls["/slow"] == 1
+        assert bodies == ["slow 1"] * 20
+
+        # A holder that took the lock and died: the lease expires, then a worker computes.
+        lock_key = workers[0]._lock_key(("http", "testserver", "/page", "", ""))
+        assert await backends[1].aacquire_lock(lock_key, 0.3) is not None
+        async with client(workers[0]) as c:
+            r = await c.get("/page")
+        assert r.status_code == 200 and app.calls["/page"] == 1
+        assert "stored" in r.headers["cache-status"]
+    finally:
+        backends[0].clear_namespace("perfkit.asgi")
+        for b in backends:
+            b.close()

@@ -75,6 +75,7 @@ _NOT_STORED = frozenset(
 _UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 _DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
                               b"last-modified", b"content-encoding"})
+_LOCK_POLL = 0.025  # seconds between looks for another process's entry
 _PREFIX_REFRESH = 1.0  # seconds a process trusts its copy of the prefix-invalidation log
 _ENTRY_VERSION = 1
 _PREFIX_LOG_MAX = 256
@@ -319,7 +320,17 @@ class ResponseCacheMiddleware:
             return
         flight = _Flight(loop, asyncio.Event())
         self._flights[flight_key] = flight
+        lock: tuple[tuple[str, ...], str] | None = None
         try:
+            if not self._local:  # other processes share this backend: take its lease lock
+                lock, found = await self._lock_or_wait(request, flight_key)
+                if found is not None:
+                    flight.entry, flight.vary = found
+                    flight.key = self._key(request, "", found[1])
+                    flight.done.set()
+                    self._count("collapsed")
+                    await self._serve(found[0], scope, send, "fwd=uri-miss; collapsed", request)
+                    return
             await self._forward(scope, receive, send, request, record, flight)
         except BaseException as exc:
             if flight.entry is None:
@@ -329,6 +340,42 @@ class ResponseCacheMiddleware:
             if self._flights.get(flight_key) is flight:
                 del self._flights[flight_key]
             flight.done.set()
+            if lock is not None:
+                try:
+                    await self.backend.arelease_lock(*lock)
+                except BackendError:
+                    pass  # the lease expires by itself
+
+    async def _lock_or_wait(
+        self, request: _Request, flight_key: tuple[str, ...]
+    ) -> tuple[tuple[tuple[str, ...], str] | None, tuple[_Entry, tuple[str, ...]] | None]:
+        """Cross-process single flight: ``(lock, None)`` to compute, or ``(None, entry)``.
+
+        A process that cannot take the lease lock polls for the holder's entry; if the
+        holder stores nothing (or crashed: the lease expires after ``lock_timeout``), it
+        takes the lock itself, or computes anyway once ``lock_timeout`` has passed.
+        """
+        key = self._lock_key(flight_key)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                token = await self.backend.aacquire_lock(key, self.lock_timeout)
+            except BackendError as exc:
+                self._backend_failed(exc)
+                return None, None
+            if token is not None:
+                return (key, token), None
+            if time.monotonic() >= deadline:
+                return None, None
+            await asyncio.sleep(_LOCK_POLL)
+            record = await self._get((self.namespace, "v", request.path))
+            if isinstance(record, dict) and "gen" in record:
+                vary = tuple(record.get("vary", ()))
+                entry_key = self._key(request, record["gen"], vary)
+                raw = await self._get(entry_key) if entry_key is not None else MISSING
+                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
+                if entry is not None and self.clock() - entry.stored_at < entry.ttl:
+                    return None, (entry, vary)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request,
                        record: Any, flight: _Flight | None) -> None:
@@ -539,6 +586,10 @@ class ResponseCacheMiddleware:
         fields = [*sorted(vary), *("\x00absent" if p is None else p for p in parts)]
         data = "".join(f"{len(p)}:{p}," for p in fields).encode("utf-8", "surrogateescape")
         return (self.namespace, "e", hashlib.sha256(data, usedforsecurity=False).hexdigest())
+
+    def _lock_key(self, flight_key: tuple[str, ...]) -> tuple[str, ...]:
+        name = hashlib.sha256(repr(flight_key).encode(), usedforsecurity=False).hexdigest()
+        return (self.namespace, "lock", name)
 
     def _tagging(self, send: Send, text: str) -> Send:
         if self.cache_status is None:
