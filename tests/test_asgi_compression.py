@@ -218,3 +218,33 @@ def test_bad_arguments_name_the_parameter() -> None:
         CompressionMiddleware(raw_app([]), minimum_size=-1)
     with pytest.raises(ValueError, match="compresslevel"):
         CompressionMiddleware(raw_app([]), compresslevel=11)
+
+
+async def test_a_10_mib_body_does_not_stall_a_concurrent_small_request() -> None:
+    import os
+    import time
+
+    import anyio
+
+    big = os.urandom(5 << 20) + b"a" * (5 << 20)  # 10 MiB, half incompressible
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        payload = big if scope["path"] == "/big" else b"ok"
+        await send(start(200, [("content-type", "text/plain")]))
+        await send(body(payload))
+
+    mw = CompressionMiddleware(app)
+    timings: dict[str, float] = {}
+
+    async def timed(path: str) -> None:
+        began = time.perf_counter()
+        await drive(mw, http_scope(path, headers=[("accept-encoding", "gzip")]))
+        timings[path] = max(timings.get(path, 0.0), time.perf_counter() - began)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(timed, "/big")
+        await anyio.sleep(0.01)  # the big body is in the worker thread by now
+        for _ in range(5):
+            await timed("/health")
+    # Wide margin: the small request must not wait for the big compression to finish.
+    assert timings["/health"] < timings["/big"] / 2
