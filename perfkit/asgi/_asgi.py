@@ -19,17 +19,15 @@ START = "http.response.start"
 BODY = "http.response.body"
 
 
-def header(headers: Any, name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case) in a raw ASGI header list, or None."""
+def content_length(headers: Any) -> int | None:
+    """The declared Content-Length, or None if absent or malformed."""
     for key, value in headers:
-        if key == name or key.lower() == name:
-            return value  # type: ignore[no-any-return]
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
     return None
-
-
-def without(headers: Any, *names: bytes) -> Headers:
-    """A copy of ``headers`` without any field in ``names`` (lower-case)."""
-    return [(k, v) for k, v in headers if k.lower() not in names]
 
 
 def empty_body() -> Message:

@@ -15,7 +15,16 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from perfkit.asgi._asgi import BODY, START, ASGIApp, Message, Receive, Scope, Send
+from perfkit.asgi._asgi import (
+    BODY,
+    START,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    content_length,
+)
 from perfkit.http_rules import merge_vary, negotiate_encoding, parse_etag
 
 DEFAULT_CONTENT_TYPES = (
@@ -189,7 +198,7 @@ class _Responder:
         body: bytes = message.get("body", b"")
         more = message.get("more_body", False)
         headers: list[tuple[bytes, bytes]] = start["headers"]
-        declared = _content_length(headers)
+        declared = content_length(headers)
         small = len(body) < self.mw.minimum_size if not more else (
             declared is not None and declared < self.mw.minimum_size
         )
@@ -240,16 +249,6 @@ class _Responder:
             self.compressor = None
             tail = compressor.flush()
         return data + tail
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for key, value in headers:
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfkit.asgi._asgi import BODY, START, ASGIApp, Message, Receive, Scope, Send, empty_body
+from perfkit.asgi._asgi import (
+    BODY,
+    START,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    content_length,
+    empty_body,
+)
 from perfkit.http_rules import (
     EtagAlgorithm,
     Precondition,
@@ -110,7 +120,8 @@ class ETagMiddleware:
                     kind != BODY
                     or message.get("more_body", False)
                     or len(body) > max_body
-                    or (method == "HEAD" and not body and _declares_content(start))
+                    or (method == "HEAD" and not body
+                        and content_length(start.get("headers", ())) not in (None, 0))
                 ):
                     # Streaming, too large, a HEAD without the body, or an unusual message:
                     # send as it came, in order, without an ETag.
@@ -153,13 +164,6 @@ def _scan(headers: Any) -> tuple[bytes | None, bytes | None, bool, int | None]:
             except ValueError:
                 length = None
     return etag, modified, no_store, length
-
-
-def _declares_content(start: Message) -> bool:
-    for key, value in start.get("headers", ()):
-        if key.lower() == b"content-length":
-            return bool(value.strip() != b"0")
-    return False
 
 
 def _only_validators(start: Message) -> list[tuple[bytes, bytes]]:
