@@ -209,8 +209,19 @@ def fastapi_cache_cases(group: str) -> list[Case]:
     FastAPICache.init(InMemoryBackend(), prefix="bench-asgi")
     fc_calls: list[int] = []
     pk_calls: list[int] = []
+    def fastapi_dict_app() -> Any:
+        app = FastAPI()
+
+        @app.get("/data")
+        async def data() -> Any:
+            return PAYLOAD
+
+        return app
+
     return [
         _case(group, "bare FastAPI (no cache)", fastapi_app(None, False)),
+        _case(group, "bare FastAPI returning the list (no cache)", fastapi_dict_app(),
+              note="what fastapi-cache2 re-serialises on every hit"),
         _case(group, "fastapi-cache2 hit (in-memory)", fastapi_app(fc_calls, True),
               calls=fc_calls),
         _case(group, "perfkit ResponseCacheMiddleware hit on FastAPI", ResponseCacheMiddleware(
