@@ -661,3 +661,25 @@ async def test_redis_single_flight_across_two_workers_and_a_crashed_holder(
         backends[0].clear_namespace("perfkit.asgi")
         for b in backends:
             b.close()
+
+
+async def test_a_cancelled_leader_does_not_cancel_the_waiters() -> None:
+    from _asgi_support import drive, http_scope
+
+    app, mw = cached()
+    statuses: list[int] = []
+
+    async def follower() -> None:
+        sent = await drive(mw, http_scope("/slow"))
+        statuses.append(sent[0]["status"])
+
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(0.01):
+            async with anyio.create_task_group() as leader:
+                leader.start_soon(drive, mw, http_scope("/slow"))
+                await anyio.sleep(0.001)
+                for _ in range(5):
+                    tg.start_soon(follower)
+                await anyio.sleep(1)
+    assert statuses == [200] * 5
+    assert app.calls["/slow"] == 2  # the cancelled leader's run, then one for all five

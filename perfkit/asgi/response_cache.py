@@ -125,6 +125,7 @@ class _Flight:
     key: tuple[Any, ...] | None = None
     vary: tuple[str, ...] = ()
     error: BaseException | None = None
+    abandoned: bool = False  # the leader was cancelled (its client left): others retry
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs a microsecond per request
@@ -297,7 +298,7 @@ class ResponseCacheMiddleware:
 
     # -- miss: single flight, store ---------------------------------------------------------
     async def _miss(self, scope: Scope, receive: Receive, send: Send, request: _Request,
-                    record: Any) -> None:
+                    record: Any, retried: bool = False) -> None:
         flight_key = (request.scheme, request.host, request.path, request.query,
                       request.principal)
         loop = asyncio.get_running_loop()
@@ -310,6 +311,9 @@ class ResponseCacheMiddleware:
             if flight is not None:
                 if flight.error is not None:
                     raise flight.error
+                if flight.abandoned and not retried:
+                    await self._miss(scope, receive, send, request, record, retried=True)
+                    return
                 if flight.entry is not None and flight.key == self._key(request, "", flight.vary):
                     self._count("collapsed")
                     await self._serve(flight.entry, scope, send, "fwd=uri-miss; collapsed",
@@ -334,7 +338,12 @@ class ResponseCacheMiddleware:
             await self._forward(scope, receive, send, request, record, flight)
         except BaseException as exc:
             if flight.entry is None:
-                flight.error = exc
+                # The app's own exception reaches every waiter; a cancellation (this client
+                # disconnected) is ours alone: the waiters elect a new leader instead.
+                if isinstance(exc, Exception):
+                    flight.error = exc
+                else:
+                    flight.abandoned = True
             raise
         finally:
             if self._flights.get(flight_key) is flight:
