@@ -15,10 +15,12 @@ from perfkit.caching import (
     TieredBackend,
     cached,
 )
+from perfkit.circuit import CircuitBreaker, CircuitOpenError
+from perfkit.metrics import REGISTRY, Registry
+from perfkit.retrying import RetryBudget, retry
+from perfkit.timing import timed
 
 __version__ = "0.1.0"
-
-from perfkit.metrics import REGISTRY, Registry
 
 __all__ = [
     "REGISTRY",
@@ -26,9 +28,14 @@ __all__ = [
     "Backend",
     "BackendError",
     "CacheStats",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "MemoryBackend",
     "RedisBackend",
     "Registry",
+    "RetryBudget",
     "TieredBackend",
     "cached",
+    "retry",
+    "timed",
 ]

@@ -51,12 +51,14 @@ Rules the caller may rely on:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import re
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -124,14 +126,22 @@ def sketch_value(key: int) -> float:
 
 
 class CounterSeries:
-    """One monotonically increasing value (one label combination of a :class:`Counter`)."""
+    """One monotonically increasing value (one label combination of a :class:`Counter`).
 
-    __slots__ = ("_function", "_lock", "_value")
+    ``inc_one()`` is the hot-path form: a single C call on an ``itertools.count`` (atomic under
+    the GIL, no lock), for decorators that count every call.
+    """
+
+    __slots__ = ("_function", "_lock", "_tick_offset", "_ticks", "_value", "inc_one")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._value = 0.0
         self._function: Callable[[], float] | None = None
+        self._ticks = itertools.count()
+        self._tick_offset = 0
+        #: Add 1, lock-free.
+        self.inc_one: Callable[[], int] = self._ticks.__next__
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` (>= 0)."""
@@ -150,11 +160,16 @@ class CounterSeries:
     def value(self) -> float:
         if self._function is not None:
             return float(self._function())
-        return self._value
+        with self._lock:
+            # Reading the count consumes one tick: remember it so it is never counted.
+            ticks = next(self._ticks) - self._tick_offset
+            self._tick_offset += 1
+            return self._value + ticks
 
     def _reset(self) -> None:
         with self._lock:
             self._value = 0.0
+            self._tick_offset = next(self._ticks) + 1
 
 
 class GaugeSeries:
@@ -232,9 +247,16 @@ def _check_quantile(q: float) -> None:
 
 
 class HistogramSeries:
-    """Latency observations of one label combination: exact ``le`` counts plus a sketch."""
+    """Latency observations of one label combination: exact ``le`` counts plus a sketch.
 
-    __slots__ = ("_bounds", "_bucket_counts", "_count", "_lock", "_sketch", "_sum")
+    ``observe`` only appends to a small buffer (``deque.append`` is atomic, so no lock on the
+    hot path); every ``FOLD_EVERY`` observations, and before any read, the buffer is folded
+    into the sketch and bucket counts under the lock, vectorised with numpy when it is
+    installed. Memory stays bounded: the buffer never holds much more than ``FOLD_EVERY``.
+    """
+
+    __slots__ = ("_append", "_bounds", "_bucket_counts", "_count", "_lock", "_pending",
+                 "_sketch", "_sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._lock = threading.Lock()
@@ -243,23 +265,37 @@ class HistogramSeries:
         self._sketch: dict[int, int] = {}
         self._count = 0
         self._sum = 0.0
+        self._pending: deque[float] = deque()
+        self._append = self._pending.append
 
     def observe(self, seconds: float) -> None:
         """Record one duration in seconds (>= 0)."""
-        if seconds > MIN_TRACKED_SECONDS:
-            key = math.ceil(math.log(seconds) * _INV_LOG_GAMMA)
-            if key > _MAX_KEY:
-                key = _MAX_KEY
-        elif seconds >= 0:
-            key = _ZERO_KEY
-        else:
+        if not seconds >= 0:  # also rejects NaN
             raise ValueError(f"observed duration must be >= 0 seconds, got {seconds!r}")
-        slot = bisect_left(self._bounds, seconds)
-        with self._lock:
-            self._sketch[key] = self._sketch.get(key, 0) + 1
-            self._bucket_counts[slot] += 1
-            self._count += 1
-            self._sum += seconds
+        self._append(seconds)
+        if len(self._pending) >= FOLD_EVERY:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Move buffered observations into the sketch (caller holds the lock)."""
+        pending = self._pending
+        n = len(pending)
+        if not n:
+            return
+        popleft = pending.popleft
+        values = [popleft() for _ in range(n)]  # items appended meanwhile wait for next time
+        numpy = _numpy()
+        if numpy is not None and n >= 64:
+            _fold_numpy(numpy, values, self._bounds, self._sketch, self._bucket_counts)
+        else:
+            sketch, counts, bounds = self._sketch, self._bucket_counts, self._bounds
+            for v in values:
+                key = sketch_key(v)
+                sketch[key] = sketch.get(key, 0) + 1
+                counts[bisect_left(bounds, v)] += 1
+        self._count += n
+        self._sum += math.fsum(values)
 
     def quantile(self, q: float) -> float:
         """The ``q``-quantile of everything observed, within 1%; NaN when nothing was."""
@@ -267,14 +303,19 @@ class HistogramSeries:
 
     @property
     def count(self) -> int:
-        return self._count
+        with self._lock:
+            self._fold()
+            return self._count
 
     @property
     def sum(self) -> float:
-        return self._sum
+        with self._lock:
+            self._fold()
+            return self._sum
 
     def snapshot(self) -> HistogramSnapshot:
         with self._lock:
+            self._fold()
             return HistogramSnapshot(
                 count=self._count,
                 sum=self._sum,
@@ -297,10 +338,45 @@ class HistogramSeries:
 
     def _reset(self) -> None:
         with self._lock:
+            self._fold()
             self._bucket_counts = [0] * (len(self._bounds) + 1)
             self._sketch = {}
             self._count = 0
             self._sum = 0.0
+
+
+FOLD_EVERY = 1024
+_NUMPY: list[Any] = []
+
+
+def _numpy() -> Any:
+    """numpy if installed (``perfkit[semantic]`` brings it), else None; looked up once."""
+    if not _NUMPY:
+        try:
+            import numpy
+
+            _NUMPY.append(numpy)
+        except ImportError:  # pragma: no cover - numpy is optional
+            _NUMPY.append(None)
+    return _NUMPY[0]
+
+
+def _fold_numpy(
+    np: Any, values: list[float], bounds: tuple[float, ...], sketch: dict[int, int],
+    counts: list[int],
+) -> None:
+    arr = np.asarray(values, dtype=np.float64)
+    # Same keys as sketch_key(), vectorised: offset from the zero bucket, counted with bincount.
+    logs = np.log(np.maximum(arr, MIN_TRACKED_SECONDS)) * _INV_LOG_GAMMA
+    keys = np.minimum(np.ceil(logs), _MAX_KEY).astype(np.int64)
+    keys[arr <= MIN_TRACKED_SECONDS] = _ZERO_KEY
+    per_key = np.bincount(keys - _ZERO_KEY)
+    for offset in np.flatnonzero(per_key).tolist():
+        key = offset + _ZERO_KEY
+        sketch[key] = sketch.get(key, 0) + int(per_key[offset])
+    slots = np.searchsorted(np.asarray(bounds), arr, side="left")
+    for slot, n in enumerate(np.bincount(slots, minlength=len(bounds) + 1).tolist()):
+        counts[slot] += n
 
 
 # --------------------------------------------------------------------------- families
@@ -392,13 +468,11 @@ class _Family(Generic[S]):
             series._reset()
 
 
-class Counter(_Family[CounterSeries]):
-    """A monotonically increasing count, exported as ``<name>_total``."""
+V = TypeVar("V", CounterSeries, GaugeSeries)
 
-    kind: Kind = "counter"
 
-    def _new_series(self) -> CounterSeries:
-        return CounterSeries()
+class _ScalarFamily(_Family[V]):
+    """What counters and gauges share: ``inc``, ``set_function`` and ``value`` when unlabelled."""
 
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
@@ -411,7 +485,16 @@ class Counter(_Family[CounterSeries]):
         return self._only().value
 
 
-class Gauge(_Family[GaugeSeries]):
+class Counter(_ScalarFamily[CounterSeries]):
+    """A monotonically increasing count, exported as ``<name>_total``."""
+
+    kind: Kind = "counter"
+
+    def _new_series(self) -> CounterSeries:
+        return CounterSeries()
+
+
+class Gauge(_ScalarFamily[GaugeSeries]):
     """A value that goes up and down (in-flight requests, cache size)."""
 
     kind: Kind = "gauge"
@@ -422,18 +505,8 @@ class Gauge(_Family[GaugeSeries]):
     def set(self, value: float) -> None:
         self._only().set(value)
 
-    def inc(self, amount: float = 1.0) -> None:
-        self._only().inc(amount)
-
     def dec(self, amount: float = 1.0) -> None:
         self._only().dec(amount)
-
-    def set_function(self, function: Callable[[], float]) -> None:
-        self._only().set_function(function)
-
-    @property
-    def value(self) -> float:
-        return self._only().value
 
 
 class Histogram(_Family[HistogramSeries]):

@@ -274,3 +274,62 @@ def test_process_metrics_from_psutil_are_collected_at_scrape_time() -> None:
 
 def test_empty_registry_renders_empty_text() -> None:
     assert Registry(process_metrics=False).render_prometheus() == ""
+
+
+def test_lock_free_inc_one_counts_exactly_across_threads_reads_and_resets() -> None:
+    c = Registry(process_metrics=False).counter("ticks", "t")
+    series = c.labels() if c.label_names else c._only()
+    tick = series.inc_one
+
+    def work() -> None:
+        for _ in range(50_000):
+            tick()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.value == 200_000
+    assert c.value == 200_000  # reading does not count
+    c.inc(0.5)
+    assert c.value == 200_000.5
+    c.reset()
+    assert c.value == 0
+    tick()
+    assert c.value == 1
+
+
+def test_numpy_and_python_folds_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import perfkit.metrics as metrics
+
+    rnd = random.Random(5)
+    values = [0.0, 1e-12, 0.005, 0.01, 0.1, 1.0, 10.0, 1e6] * 40
+    values += [10 ** rnd.uniform(-7, 2) for _ in range(2000)]
+    with_numpy = Registry(process_metrics=False).histogram("a_seconds", "a")
+    for v in values:
+        with_numpy.observe(v)
+    monkeypatch.setattr(metrics, "_NUMPY", [None])
+    pure = Registry(process_metrics=False).histogram("b_seconds", "b")
+    for v in values:
+        pure.observe(v)
+    a, b = with_numpy.snapshot(), pure.snapshot()
+    assert a.count == b.count == len(values)
+    assert a.bucket_counts == b.bucket_counts
+    assert a.sum == pytest.approx(b.sum)
+    # log() may differ in the last ulp between numpy and math: allow a neighbouring key
+    assert sum(a.sketch.values()) == sum(b.sketch.values())
+    for q in (0.01, 0.5, 0.9, 0.99):
+        assert a.quantile(q) == pytest.approx(b.quantile(q), rel=0.021)
+
+
+def test_observations_are_buffered_but_never_lost_or_unbounded() -> None:
+    from perfkit.metrics import FOLD_EVERY
+
+    h = Registry(process_metrics=False).histogram("buf_seconds", "b")
+    series = h._only()
+    for _ in range(FOLD_EVERY * 10 + 3):
+        series.observe(0.002)
+        assert len(series._pending) < FOLD_EVERY
+    assert h.count == FOLD_EVERY * 10 + 3  # reading folds the rest
+    assert len(series._pending) == 0
