@@ -178,6 +178,26 @@ async def test_server_timing_gated_by_a_predicate() -> None:
     assert "server-timing" not in r.headers
 
 
+async def test_perfkit_timed_calls_inside_the_request_become_spans() -> None:
+    import perfkit
+
+    reg = Registry(process_metrics=False)
+
+    @perfkit.timed(name="load_user", registry=reg)
+    async def load_user() -> str:
+        return "alice"
+
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse(await load_user())
+
+    app = TimingMiddleware(Starlette(routes=[Route("/u", endpoint)]), registry=reg,
+                           server_timing=True)
+    async with client(app) as c:
+        r = await c.get("/u")
+    assert "load_user;dur=" in r.headers["server-timing"]
+    assert await load_user() == "alice"  # outside a request: no span, no error
+
+
 def test_span_outside_a_request_is_a_no_op() -> None:
     with span("free"):
         pass
