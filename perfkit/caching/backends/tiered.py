@@ -137,13 +137,11 @@ class TieredBackend(Backend):
                 error = error or exc
                 continue
             if value is not MISSING:
-                if self._promotes(key):
-                    self.l1.set(key, value, self._l1_ttl(remaining))
-                    for upper in self._fill_tiers(depth):
-                        try:
-                            upper.set(key, value, remaining)
-                        except BackendError as exc:
-                            logger.debug("promotion to %r failed: %s", upper, exc)
+                for upper in self._promote(key, value, remaining, depth):
+                    try:
+                        upper.set(key, value, remaining)
+                    except BackendError as exc:
+                        logger.debug("promotion to %r failed: %s", upper, exc)
                 return value
         if error is not None:
             raise error
@@ -168,20 +166,27 @@ class TieredBackend(Backend):
                 error = error or exc
                 continue
             if value is not MISSING:
-                if self._promotes(key):
-                    self.l1.set(key, value, self._l1_ttl(remaining))
-                    for upper in self._fill_tiers(depth):
-                        try:
-                            await upper.aset(key, value, remaining)
-                        except BackendError as exc:
-                            logger.debug("promotion to %r failed: %s", upper, exc)
+                for upper in self._promote(key, value, remaining, depth):
+                    try:
+                        await upper.aset(key, value, remaining)
+                    except BackendError as exc:
+                        logger.debug("promotion to %r failed: %s", upper, exc)
                 return value
         if error is not None:
             raise error
         return MISSING
 
+    def _promote(
+        self, key: Key, value: Any, remaining: float | None, depth: int
+    ) -> tuple[Backend, ...]:
+        """A hit at ``depth`` below L1: fill L1 if the key is due (``promote_after``) and
+        return the lower tiers above ``depth`` that the caller must fill too."""
+        if not self._promotes(key):
+            return ()
+        self.l1.set(key, value, self._l1_ttl(remaining))
+        return tuple(t for t in self.lower[:depth] if t in self._write_tiers)
+
     def _promotes(self, key: Key) -> bool:
-        """Whether this lower-tier read fills the upper tiers (``promote_after``)."""
         if self.promote_after == 1:
             return True
         with self._counts_lock:
@@ -192,12 +197,6 @@ class TieredBackend(Backend):
             if len(self._read_counts) > _READ_COUNTS_MAX:
                 self._read_counts.popitem(last=False)
             return False
-
-    def _fill_tiers(self, depth: int) -> tuple[Backend, ...]:
-        """Lower tiers above ``depth`` that a promotion fills (not L1)."""
-        if depth == 0:
-            return ()
-        return tuple(t for t in self.lower[:depth] if t in self._write_tiers)
 
     def _demote(self, key: Key, value: Any, remaining: float | None) -> None:
         """L1 evicted a live entry: keep it in the middle tier (``l2_writes='on_evict'``)."""
