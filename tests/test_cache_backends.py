@@ -1,4 +1,5 @@
-"""One contract for every backend: memory, Redis and tiered pass the same tests."""
+"""One contract for every backend: memory, adaptive, disk, Redis and tiered (two and three
+tiers) pass the same tests."""
 
 from __future__ import annotations
 
@@ -6,20 +7,37 @@ import asyncio
 
 import pytest
 
-from perfkit import MemoryBackend, RedisBackend, TieredBackend, cached
+from perfkit import (
+    AdaptiveMemoryBackend,
+    DiskBackend,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+    cached,
+)
 from perfkit.caching.backends.base import MISSING
 
 
-@pytest.fixture(params=["memory", "redis", "tiered"])
-def backend(request, unique_ns):
+@pytest.fixture(params=["memory", "adaptive", "disk", "redis", "tiered", "tiered3"])
+def backend(request, unique_ns, tmp_path):
     if request.param == "memory":
         yield MemoryBackend(100)
+        return
+    if request.param == "adaptive":
+        yield AdaptiveMemoryBackend(min_entries=100, memory_probe=lambda: 0.5)
+        return
+    if request.param == "disk":
+        b = DiskBackend(tmp_path / "cache")
+        yield b
+        b.close()
         return
     url = request.getfixturevalue("redis_url")
     if request.param == "redis":
         b = RedisBackend(url)
-    else:
+    elif request.param == "tiered":
         b = TieredBackend(MemoryBackend(100), RedisBackend(url))
+    else:
+        b = TieredBackend(MemoryBackend(100), DiskBackend(tmp_path / "cache"), RedisBackend(url))
     yield b
     b.clear_namespace(unique_ns)
     b.close()
@@ -99,3 +117,26 @@ async def test_async_decorator_on_every_backend_across_event_loops(backend, uniq
     assert await load.acache_invalidate(1) is True
     assert await load(1) == {"x": 1}
     assert calls == [1, 1]
+
+
+def test_namespaces_that_prefix_each_other_stay_apart(backend, unique_ns):
+    outer, inner = unique_ns, unique_ns + ":v2"
+    backend.set((outer, "i", 1), "outer", 10)
+    backend.set((inner, "i", 1), "inner", 10)
+    assert backend.count_namespace(outer) == 1
+    assert backend.clear_namespace(outer) == 1
+    assert backend.get((inner, "i", 1)) == "inner"
+    backend.clear_namespace(inner)
+
+
+def test_switching_stale_ttl_on_and_off_never_mixes_entry_shapes(backend, unique_ns):
+    def plain(x):
+        return f"v{x}"
+
+    first = cached(ttl=30, backend=backend, namespace=unique_ns)(plain)
+    second = cached(ttl=30, stale_ttl=60, backend=backend, namespace=unique_ns)(plain)
+    assert first("ab") == "vab"
+    assert second("ab") == "vab"  # not an envelope, not a TypeError
+    assert first("ab") == "vab"
+    first.cache_clear()
+    second.cache_clear()

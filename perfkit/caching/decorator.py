@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, Literal, Protocol, TypeVar, overload
 
@@ -32,8 +32,11 @@ from typing_extensions import ParamSpec, Self
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.memory import MemoryBackend
 from perfkit.caching.keys import KeyBuilder, canonical, default_namespace
+from perfkit.caching.prefetch import Prefetch, Prefetcher
 from perfkit.caching.singleflight import TaskFlights, ThreadFlights
 from perfkit.caching.stats import CacheStats, Counters
+from perfkit.caching.warm import Args, WarmReport, awarm, warm
+from perfkit.metrics import REGISTRY, Registry
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")
@@ -70,7 +73,29 @@ class CachedFunction(Protocol[P, R_co]):
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Key: ...
 
-    # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds).
+    @overload
+    def cache_warm(  # type: ignore[overload-overlap]
+        self: CachedFunction[P2, Awaitable[R2]], arg_sets: Iterable[Any], *, concurrency: int = 8
+    ) -> Awaitable[WarmReport]: ...
+
+    @overload
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport: ...
+
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        """Fill entries for these argument sets (awaitable for an async function)."""
+        ...
+
+    async def acache_warm(
+        self, arg_sets: Iterable[Any], *, concurrency: int = 8
+    ) -> WarmReport: ...
+
+    # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds);
+    # classmethods bind ``cls`` from either side; anything else (staticmethods) is as is.
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[type[S], P2], R2], instance: Any, owner: type[S]
+    ) -> CachedFunction[P2, R2]: ...
+
     @overload
     def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
 
@@ -79,10 +104,36 @@ class CachedFunction(Protocol[P, R_co]):
         self: CachedFunction[Concatenate[S, P2], R2], instance: S, owner: type[Any] | None = None
     ) -> CachedFunction[P2, R2]: ...
 
+    @overload
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Self: ...
+
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
 
 
 InstanceKey = Callable[[Any], Hashable] | Literal["shared"] | None
+
+
+class _Decorator(Protocol):
+    """What ``cached(...)`` returns; keeps class- and staticmethods typed as such."""
+
+    @overload
+    def __call__(self, func: staticmethod[P, R], /) -> staticmethod[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, func: classmethod[S, P, R], /) -> classmethod[S, P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> CachedFunction[P, R]: ...
+
+    def __call__(self, func: Any, /) -> Any: ...
+
+
+@overload
+def cached(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...  # type: ignore[overload-overlap]
+
+
+@overload
+def cached(func: classmethod[S, P, R], /) -> classmethod[S, P, R]: ...
 
 
 @overload
@@ -102,11 +153,13 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+    prefetch: Prefetch | None = None,
+    registry: Registry | None = ...,
+) -> _Decorator: ...
 
 
 def cached(
-    func: Callable[..., Any] | None = None,
+    func: Any = None,
     /,
     *,
     ttl: float | None = None,
@@ -119,6 +172,8 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
+    prefetch: Prefetch | None = None,
+    registry: Registry | None = _UNSET,
 ) -> Any:
     """Cache a function's results. See the README's caching section for every option.
 
@@ -142,6 +197,10 @@ def cached(
       instances share entries.
     - ``lock_lease``: seconds a cross-process compute lock lives in a shared backend (a
       crashed holder blocks others at most this long).
+    - ``prefetch``: a :class:`Prefetch` to learn which call follows which and compute
+      the likely next one in the background (off by default).
+    - ``registry``: the metrics registry the statistics are exported to, read at scrape time
+      (default ``perfkit.REGISTRY``; ``None`` for none).
     """
     _check_ttl("ttl", ttl)
     _check_ttl("stale_ttl", stale_ttl)
@@ -160,6 +219,10 @@ def cached(
         raise TypeError(
             f"instance_key must be None, 'shared' or a callable(instance), got {instance_key!r}"
         )
+    if prefetch is not None and not isinstance(prefetch, Prefetch):
+        raise TypeError(f"prefetch must be a perfkit Prefetch(...) or None, got {prefetch!r}")
+    if prefetch is not None and stale_ttl is not None:
+        raise ValueError("prefetch and stale_ttl cannot be combined; choose one")
     if backend is not None and not isinstance(backend, Backend):
         raise TypeError(f"backend must be a perfkit cache backend, got {backend!r}")
     if backend is not None and maxsize is not _UNSET:
@@ -170,7 +233,8 @@ def cached(
     options = _Options(
         ttl=ttl, backend=backend, key=key, namespace=namespace, stale_ttl=stale_ttl,
         ttl_jitter=float(ttl_jitter), version=version, instance_key=instance_key,
-        lock_lease=lock_lease,
+        lock_lease=lock_lease, prefetch=prefetch,
+        registry=REGISTRY if registry is _UNSET else registry,
     )
     if func is None:
         return lambda f: _decorate(f, options)
@@ -190,6 +254,8 @@ class _Options:
     version: str | None
     instance_key: InstanceKey
     lock_lease: float
+    prefetch: Prefetch | None
+    registry: Registry | None
 
 
 def _check_ttl(name: str, value: float | None) -> None:
@@ -211,35 +277,90 @@ def _decorate(target: Any, options: _Options) -> Any:
         raise TypeError(f"cached() decorates functions, got {target!r}")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         raise TypeError(
-            f"cached() cannot cache generator {func.__qualname__}: its values are produced "
+            f"cached() cannot cache generator {_name(func)}: its values are produced "
             "lazily and can be consumed once; return a list instead"
         )
-    is_async = inspect.iscoroutinefunction(func)
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        type(func).__call__  # a callable object with an async __call__
+    )
     backend = options.backend
     if not is_async and not backend.supports_sync:
-        raise TypeError(
-            f"{type(backend).__name__} is async-only; {func.__qualname__} is a sync function"
-        )
-    namespace = options.namespace or default_namespace(func)
-    if options.namespace is None and not backend.is_local and "<" in namespace:
-        raise ValueError(
-            f"{namespace} is a lambda or local function: its name is not unique across "
-            "processes; pass namespace=... to cache it in a shared backend"
-        )
+        raise TypeError(f"{type(backend).__name__} is async-only; {_name(func)} is a sync function")
+    namespace = options.namespace
+    if namespace is None:
+        if not hasattr(func, "__qualname__"):
+            raise TypeError(
+                f"cannot name {func!r} for its cache keys (no __qualname__); pass namespace=..."
+            )
+        namespace = default_namespace(func)
+        if not backend.is_local and "<" in namespace:
+            raise ValueError(
+                f"{namespace} is a lambda or local function: its name is not unique across "
+                "processes; pass namespace=... to cache it in a shared backend"
+            )
     if options.version is not None:
         version = _code_version(func) if options.version == "auto" else options.version
         namespace = f"{namespace}@{version}"
+    if options.stale_ttl is not None:
+        namespace += "~swr"  # entries are (fresh_until, value): never mix with plain ones
 
     core = _Core(func, namespace, options)
-    if os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on"):
-        wrapper = _passthrough(func, core, is_async)
-    elif descriptor is not None or _defined_in_class(func):
-        wrapper = _method_wrapper(target, core, is_async)
-        return wrapper  # wrapt already binds classmethod/staticmethod correctly
+    core.is_async = is_async
+    if options.prefetch is not None:
+        core.prefetcher = Prefetcher(options.prefetch, core, is_async)
+    if options.registry is not None:
+        _export_stats(core, options.registry)
+    disabled = os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on")
+    core.disabled = disabled
+    if descriptor is not None or _defined_in_class(func):
+        # wrapt binds methods, classmethods and staticmethods correctly
+        return _method_wrapper(target, core, is_async, disabled)
+    if disabled:
+        wrapper = _passthrough(func, is_async)
     else:
         wrapper = _async_wrapper(func, core) if is_async else _sync_wrapper(func, core)
     _attach(wrapper, core)
-    return descriptor(wrapper) if descriptor is not None else wrapper
+    return wrapper
+
+
+def _name(func: Any) -> str:
+    return str(getattr(func, "__qualname__", None) or repr(func))
+
+
+_EXPORTED = (
+    ("perfkit_cache_hits", "Calls served from the cache", "hits"),
+    ("perfkit_cache_misses", "Calls that computed their value", "misses"),
+    ("perfkit_cache_joins", "Calls that waited for another caller's computation", "joins"),
+    ("perfkit_cache_stale_serves", "Stale values served while refreshing", "stale_serves"),
+    ("perfkit_cache_backend_errors", "Backend failures the cache absorbed", "backend_errors"),
+    ("perfkit_cache_compute_seconds", "Time spent computing misses", "compute_seconds"),
+)
+_EXPORTED_PREFETCH = (
+    ("perfkit_cache_prefetches", "Entries computed ahead by prefetch", "prefetched"),
+    ("perfkit_cache_prefetch_used", "Prefetched entries a later call was served from", "used"),
+)
+
+
+def _export_stats(core: _Core, registry: Registry) -> None:
+    """Counters read at scrape time: nothing is added to the call path. Holds the core
+    weakly, so decorating throwaway functions (tests) does not keep them alive."""
+    ref = weakref.ref(core)
+    for name, help_text, field in _EXPORTED:
+        def read(field: str = field) -> float:
+            alive = ref()
+            return float(getattr(alive.stats, field)) if alive is not None else 0.0
+
+        registry.counter(name, help_text, ("function",)).labels(core.namespace).set_function(read)
+    if core.prefetcher is not None:
+        for name, help_text, field in _EXPORTED_PREFETCH:
+            def read_prefetch(field: str = field) -> float:
+                alive = ref()
+                prefetcher = alive.prefetcher if alive is not None else None
+                return float(getattr(prefetcher, field)) if prefetcher is not None else 0.0
+
+            registry.counter(name, help_text, ("function",)).labels(
+                core.namespace
+            ).set_function(read_prefetch)
 
 
 def _defined_in_class(func: Callable[..., Any]) -> bool:
@@ -294,7 +415,9 @@ class _Core:
         self.clock: Callable[[], float] = getattr(self.backend, "timer", time.time)
         self._refreshing: set[Hashable] = set()
         self._refreshing_lock = threading.Lock()
-        self._background: set[asyncio.Task[Any]] = set()
+        self.is_async = False
+        self.disabled = False
+        self.prefetcher: Prefetcher | None = None
 
     # -- keys for methods ---------------------------------------------------------------
     def method_key(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
@@ -406,6 +529,19 @@ class _Core:
         start = time.perf_counter()
         value = self.func(*args, **kwargs)
         self.stats.compute_seconds += time.perf_counter() - start
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()
+            raise TypeError(
+                f"cached {self.namespace}: a sync function returned an awaitable, which can "
+                "be awaited only once; make it an async def so the result is cached"
+            )
+        self.store(key, value)
+        return value
+
+    def compute_quietly(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Compute and store for a prefetch: not a caller's miss, so not counted as one."""
+        value = self.func(*args, **kwargs)
         self.store(key, value)
         return value
 
@@ -458,6 +594,13 @@ class _Core:
         start = time.perf_counter()
         value = await self.func(*args, **kwargs)
         self.stats.compute_seconds += time.perf_counter() - start
+        await self.astore(key, value)
+        return value
+
+    async def acompute_quietly(
+        self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        value = await self.func(*args, **kwargs)
         await self.astore(key, value)
         return value
 
@@ -564,7 +707,49 @@ class _Core:
             refresh_errors=s.refresh_errors,
             currsize=currsize,
             mean_miss_seconds=s.compute_seconds / s.misses if s.misses else 0.0,
+            **self._prefetch_figures(),
         )
+
+    def _prefetch_figures(self) -> dict[str, int]:
+        p = self.prefetcher
+        if p is None:
+            return {}
+        return {"prefetches": p.prefetched, "prefetch_used": p.used,
+                "prefetch_errors": p.errors}
+
+    # -- warming -------------------------------------------------------------------------
+    def warm(self, call: Callable[..., Any], key_of: Callable[..., Key],
+             arg_sets: Iterable[Any], concurrency: int) -> Any:
+        """``cache_warm``: a report for a sync function, an awaitable for an async one."""
+        if self.disabled:
+            report = _disabled_report(arg_sets)
+            return _ready(report) if self.is_async else report
+        if self.is_async:
+            async def cached_already(a: Args) -> bool:
+                return await self.aread_raw(key_of(*a.args, **a.kwargs)) is not MISSING
+
+            return awarm(call, cached_already, arg_sets, concurrency)
+        return warm(
+            call, lambda a: self.read_raw(key_of(*a.args, **a.kwargs)) is not MISSING,
+            arg_sets, concurrency,
+        )
+
+    async def awarm(self, call: Callable[..., Any], key_of: Callable[..., Key],
+                    arg_sets: Iterable[Any], concurrency: int) -> WarmReport:
+        if self.is_async or self.disabled:
+            result = self.warm(call, key_of, arg_sets, concurrency)
+            return await result if self.is_async else result  # type: ignore[no-any-return]
+        return await asyncio.to_thread(self.warm, call, key_of, arg_sets, concurrency)
+
+
+def _disabled_report(arg_sets: Iterable[Any]) -> WarmReport:
+    report = WarmReport()
+    report.requested = report.skipped = sum(1 for _ in arg_sets)
+    return report
+
+
+async def _ready(report: WarmReport) -> WarmReport:
+    return report
 
 
 _tokens: dict[int, tuple[weakref.ref[Any], str]] = {}
@@ -610,6 +795,9 @@ def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     backend = core.backend
     first, rest = backend.probe or backend.get, backend.rest
     missing = MISSING
+
+    if core.prefetcher is not None:
+        return _prefetch_sync_wrapper(func, core, core.prefetcher)
 
     if core.stale_ttl is None:
 
@@ -659,6 +847,9 @@ def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     probe, arest, aget = backend.probe, backend.arest, backend.aget
     missing = MISSING
 
+    if core.prefetcher is not None:
+        return _prefetch_async_wrapper(func, core, core.prefetcher)
+
     if core.stale_ttl is None and probe is not None and arest is None:
 
         @functools.wraps(func)
@@ -701,7 +892,50 @@ def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     return general_wrapper
 
 
-def _passthrough(func: Callable[..., Any], core: _Core, is_async: bool) -> Callable[..., Any]:
+def _prefetch_sync_wrapper(
+    func: Callable[..., Any], core: _Core, prefetcher: Prefetcher
+) -> Callable[..., Any]:
+    """The sync wrapper plus learning: each call is observed, the next one prefetched."""
+    make_key, miss, stats, observe = core.keys.build, core.miss, core.stats, prefetcher.observe
+    read, inflight = core.read_raw, prefetcher.inflight
+    missing = MISSING
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = make_key(args, kwargs)
+        value = read(key)
+        if value is not missing:
+            stats.hits += 1
+            observe(key, args, kwargs, True)
+            return value
+        observe(key, args, kwargs, key in inflight)  # starts the next prefetch first
+        return miss(key, args, kwargs)
+
+    return wrapper
+
+
+def _prefetch_async_wrapper(
+    func: Callable[..., Any], core: _Core, prefetcher: Prefetcher
+) -> Callable[..., Any]:
+    make_key, amiss, stats, observe = core.keys.build, core.amiss, core.stats, prefetcher.observe
+    aread, inflight = core.aread_raw, prefetcher.inflight
+    missing = MISSING
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = make_key(args, kwargs)
+        value = await aread(key)
+        if value is not missing:
+            stats.hits += 1
+            observe(key, args, kwargs, True)
+            return value
+        observe(key, args, kwargs, key in inflight)
+        return await amiss(key, args, kwargs)
+
+    return wrapper
+
+
+def _passthrough(func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     """The kill switch: call through, keep the cache controls so callers do not break."""
     if is_async:
 
@@ -728,9 +962,17 @@ def _attach(wrapper: Any, core: _Core) -> None:
     async def acache_invalidate(*args: Any, **kwargs: Any) -> bool:
         return await core.ainvalidate(core.keys(args, kwargs))
 
+    def cache_warm(arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        return core.warm(wrapper, cache_key, arg_sets, concurrency)
+
+    async def acache_warm(arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport:
+        return await core.awarm(wrapper, cache_key, arg_sets, concurrency)
+
     wrapper.cache_key = cache_key
     wrapper.cache_invalidate = cache_invalidate
     wrapper.acache_invalidate = acache_invalidate
+    wrapper.cache_warm = cache_warm
+    wrapper.acache_warm = acache_warm
     wrapper.cache_clear = core.clear
     wrapper.acache_clear = core.aclear
     wrapper.cache_stats = core.snapshot
@@ -741,25 +983,32 @@ def _attach(wrapper: Any, core: _Core) -> None:
 
 
 class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
-    """``obj.method`` as wrapt binds it: cache controls know their instance."""
+    """``obj.method`` as wrapt binds it: cache controls resolve the instance as a call does."""
 
-    def _owner(self) -> Any:
-        instance = self._self_instance
-        if instance is None and self._self_binding in ("classmethod",):
-            instance = self._self_owner
-        return instance
+    def _resolve(self, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        # Mirrors wrapt's BoundFunctionWrapper.__call__, so controls and calls agree.
+        if self._self_binding in ("function", "callable"):
+            instance = self._self_instance
+            if instance is None and args and isinstance(args[0], self._self_owner):
+                return args[0], args[1:]
+            return instance, args
+        return getattr(self.__wrapped__, "__self__", None), args
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
+        instance, rest = self._resolve(args)
+        core: _Core = self._self_parent._self_core
+        return core.method_key(instance, rest, kwargs)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> Key:
-        core: _Core = self._self_parent._self_core
-        return core.method_key(self._owner(), args, kwargs)
+        return self._key(args, kwargs)
 
     def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         core: _Core = self._self_parent._self_core
-        return core.invalidate(core.method_key(self._owner(), args, kwargs))
+        return core.invalidate(self._key(args, kwargs))
 
     async def acache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         core: _Core = self._self_parent._self_core
-        return await core.ainvalidate(core.method_key(self._owner(), args, kwargs))
+        return await core.ainvalidate(self._key(args, kwargs))
 
     def cache_clear(self) -> int:
         return int(self._self_parent._self_core.clear())
@@ -769,6 +1018,13 @@ class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
 
     def cache_stats(self) -> CacheStats:
         return self._self_parent._self_core.snapshot()  # type: ignore[no-any-return]
+
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        return self._self_parent._self_core.warm(self, self.cache_key, arg_sets, concurrency)
+
+    async def acache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport:
+        core: _Core = self._self_parent._self_core
+        return await core.awarm(self, self.cache_key, arg_sets, concurrency)
 
 
 class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
@@ -798,18 +1054,34 @@ class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     def cache_stats(self) -> CacheStats:
         return self._self_core.snapshot()
 
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        return self._self_core.warm(self, self.cache_key, arg_sets, concurrency)
 
-def _method_wrapper(target: Any, core: _Core, is_async: bool) -> Any:
+    async def acache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport:
+        return await self._self_core.awarm(self, self.cache_key, arg_sets, concurrency)
+
+
+def _method_wrapper(target: Any, core: _Core, is_async: bool, disabled: bool) -> Any:
     method_key, stats = core.method_key, core.stats
+    if disabled:  # the kill switch: call through, keep the controls
+
+        def passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            return wrapped(*args, **kwargs)
+
+        return _CachedMethod(target, passthrough, core)
     missing = MISSING
     swr = core.stale_ttl is not None
     clock = core.clock
+    prefetcher = core.prefetcher
 
     if not is_async:
 
         def sync_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             key = method_key(instance, args, kwargs)
             entry = core.read_raw(key)
+            if prefetcher is not None:
+                served = entry is not missing or key in prefetcher.inflight
+                prefetcher.observe(key, _full_args(instance, args), kwargs, served)
             if entry is missing:
                 return core.miss(key, _full_args(instance, args), kwargs)
             if not swr:
@@ -826,6 +1098,9 @@ def _method_wrapper(target: Any, core: _Core, is_async: bool) -> Any:
     async def async_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         key = method_key(instance, args, kwargs)
         entry = await core.aread_raw(key)
+        if prefetcher is not None:
+            served = entry is not missing or key in prefetcher.inflight
+            prefetcher.observe(key, _full_args(instance, args), kwargs, served)
         if entry is missing:
             return await core.amiss(key, _full_args(instance, args), kwargs)
         if not swr:
