@@ -53,6 +53,9 @@ def by_test(document: dict) -> dict[str, dict]:
 
 
 def test_without_flag_the_plugin_does_nothing_per_test(run) -> None:
+    import perfkit.sql
+
+    perfkit.sql.uninstall_listeners()  # earlier tests in this process may have left them
     result = run("""
         import gc, sys, pytest
 
