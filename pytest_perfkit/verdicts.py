@@ -12,7 +12,7 @@ from typing import Any
 from perfkit.measure.stats import Margins, Stats, Verdict, judge
 from perfkit.measure.units import format_duration, format_size
 
-__all__ = ["BudgetResult", "failure_message", "show"]
+__all__ = ["MAX_NOISE_BAND", "BudgetResult", "failure_message", "show", "timed_result"]
 
 NOT_APPLIED = "not applied"
 
@@ -58,20 +58,37 @@ class BudgetResult:
         return f"{text} - {self.detail}" if self.detail else text
 
 
+#: The widest "within noise" band, as a fraction of the budget, however noisy the runs: a
+#: 3x slowdown of a test whose budget is 2x its typical time lands 1.5x over the budget,
+#: so it fails even when the machine's noise widens the band.
+MAX_NOISE_BAND = 0.25
+
+
 def timed_result(name: str, samples: list[float], limit: float, margins: Margins,
-                 *, scale: float, single_reason: str = "") -> BudgetResult:
-    """Judge the minimum of timing samples against ``limit`` (already scaled)."""
+                 *, scale: float, factor: float = 1.0, raw_min: float | None = None,
+                 single_reason: str = "") -> BudgetResult:
+    """Judge the median of timing samples against ``limit`` (already scaled).
+
+    ``samples`` are per-run times at the machine's typical speed (``factor`` is the median
+    of the machine's momentary factors, shown in the detail). The band where the verdict is
+    "within noise" is the configured margin, widened to half the samples' relative range
+    when the runs disagree more than that, and never wider than :data:`MAX_NOISE_BAND`.
+    """
     stats = Stats.of(samples)
-    verdict = judge(stats.min, limit, margins)
-    detail = (f"min of {stats.n} run{'s' if stats.n != 1 else ''} (median "
-              f"{format_duration(stats.median)}, max {format_duration(stats.max)}, spread "
-              f"{stats.spread:.0%}), margin {margins.relative:.0%} + "
-              f"{format_duration(margins.absolute)}")
+    noise = (stats.max - stats.min) / (2 * stats.median) if stats.median > 0 else 0.0
+    band = Margins(min(MAX_NOISE_BAND, max(margins.relative, noise)), margins.absolute)
+    verdict = judge(stats.median, limit, band)
+    detail = (f"median of {stats.n} run{'s' if stats.n != 1 else ''} (min "
+              f"{format_duration(stats.min)}, max {format_duration(stats.max)}), noise band "
+              f"{band.relative:.0%} + {format_duration(band.absolute)}")
+    if factor != 1.0:
+        detail += (f", machine ran x{factor:.2f} its typical time (divided out)"
+                   + (f" (raw min {format_duration(raw_min)})" if raw_min is not None else ""))
     if scale != 1.0:
         detail += f", scale factor x{scale:.2f}"
     if stats.n == 1 and single_reason and verdict is not Verdict.OK:
         detail += f"; single run: {single_reason}"
-    return BudgetResult(name, limit, stats.min, "s", verdict.value, detail=detail)
+    return BudgetResult(name, limit, stats.median, "s", verdict.value, detail=detail)
 
 
 def count_result(name: str, measured: float, limit: float, unit: str,
