@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
-from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate, normalise
+from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate
 from perfkit.measure.memory import HeapPeak, HeapTracer, RssHighWater
+from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Verdict, judge
 from perfkit.measure.timing import CallTimer, Timing, cpu_wait_clock
 from perfkit.measure.units import format_duration, format_size, parse_duration
@@ -392,7 +393,7 @@ class PerfBudgetPlugin:
         if heap_inline and targets:
             notes.append("timing not judged: the only run was traced for memory (rerun=False)")
             targets.clear()
-        runs = _Runs(self._latency, self.speed if self.settings.speed_check else None)
+        runs = TimedRuns(self._latency, self.speed if self.settings.speed_check else None)
         runs.add(timer.timing)
         single_reason = ""
 
@@ -537,76 +538,6 @@ class PerfBudgetPlugin:
             terminalreporter.write_line(line)
         for path in self.report_paths:
             terminalreporter.write_line(f"perfkit report written to {path}")
-
-
-class _Runs:
-    """A test's timed runs and the reference runs between them.
-
-    Reference run ``k`` follows test run ``k``; a test run's machine factor is the mean of
-    the reference runs on either side of it, and its judged time is its own time (CPU waits
-    and GC removed) with the CPU part divided by that factor.
-    """
-
-    def __init__(self, latency: Callable[[Timing], float], speed: MachineSpeed | None) -> None:
-        self._latency = latency
-        self._speed = speed
-        self.timings: list[Timing] = []
-        self.references: list[float] = []
-
-    @property
-    def count(self) -> int:
-        return len(self.timings)
-
-    def add(self, timing: Timing) -> None:
-        self.timings.append(timing)
-
-    def check_speed(self, at_least: int = 0) -> None:
-        if self._speed is None:
-            return
-        self.references.append(self._speed.sample())
-        while len(self.references) < at_least:
-            self.references.append(self._speed.sample())
-
-    def _factors(self) -> list[float]:
-        if self._speed is None or not self.references:
-            return [1.0] * self.count
-        factors = []
-        for index in range(self.count):
-            around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
-            factors.append(self._speed.factor(sum(around) / len(around)))
-        return factors
-
-    @property
-    def factor(self) -> float:
-        factors = self._factors()
-        return sorted(factors)[len(factors) // 2] if factors else 1.0
-
-    def samples(self, kind: str) -> list[float]:
-        pairs = zip(self.timings, self._factors())
-        if kind == "cpu":
-            return [t.cpu / f for t, f in pairs]
-        return [normalise(self._latency(t), t.cpu, f) for t, f in pairs]
-
-    def statistic(self, kind: str) -> float:
-        samples = sorted(self.samples(kind))
-        return samples[len(samples) // 2] if len(samples) % 2 else \
-            (samples[len(samples) // 2 - 1] + samples[len(samples) // 2]) / 2
-
-    def raw_min(self, kind: str) -> float:
-        return min(t.cpu if kind == "cpu" else self._latency(t) for t in self.timings)
-
-    def summary(self, *, cpu_wait_excluded: bool) -> dict[str, Any]:
-        samples = self.samples("latency")
-        return {
-            "judged": self.statistic("latency"), "first": samples[0], "min": min(samples),
-            "max": max(samples), "median": self.statistic("latency"), "runs": self.count,
-            "cpu_min": min(self.samples("cpu")), "raw_min": self.raw_min("latency"),
-            "wall_min": min(t.wall for t in self.timings),
-            "gc_pause": sum(t.gc_pause for t in self.timings),
-            "cpu_wait": sum(t.cpu_wait for t in self.timings),
-            "cpu_wait_excluded": cpu_wait_excluded,
-            "factor": self.factor, "reference_runs": len(self.references),
-        }
 
 
 def _xdist_n(config: pytest.Config) -> int:
