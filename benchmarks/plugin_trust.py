@@ -177,7 +177,8 @@ def session(directory: Path, budgets: dict[str, float], cell: Cell) -> None:
         subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
              "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:memray", "-p", "no:xdist",
-             "-p", "no:randomly", "--perf-budget", f"--perf-report={report}",
+             "-p", "no:randomly", "-p", "no:asyncio", "-p", "no:anyio", "-p", "no:timeout",
+             "-p", "no:rerunfailures", "--perf-budget", f"--perf-report={report}",
              *MODES[cell.mode], "test_trust.py"],
             cwd=directory, env=env, capture_output=True, timeout=300, check=False,
         )

@@ -424,15 +424,15 @@ class PerfBudgetPlugin:
             kind = "cpu" if name == "cpu" else "latency"
             if name == "baseline":
                 result = timed_result("baseline", runs.samples(kind), limit, Margins(0.0, 0.0),
-                                      scale=1.0, factor=runs.factor, raw_min=runs.raw_min(kind),
-                                      single_reason=single_reason)
+                                      scale=1.0, raw=runs.raw_samples(kind),
+                                      factor=runs.factor, single_reason=single_reason)
                 result.detail = (f"baseline {format_duration(base or 0.0)} + "
                                  f"{self.settings.baseline_margin:.0%} + "
                                  f"{format_duration(self.settings.baseline_margin_abs)}; "
                                  + result.detail)
             else:
                 result = timed_result(name, runs.samples(kind), limit, margins, scale=scale,
-                                      factor=runs.factor, raw_min=runs.raw_min(kind),
+                                      raw=runs.raw_samples(kind), factor=runs.factor,
                                       single_reason=single_reason)
             if downgrade and result.verdict == Verdict.OVER_BUDGET.value:
                 result.enforced = False

@@ -65,25 +65,35 @@ MAX_NOISE_BAND = 0.25
 
 
 def timed_result(name: str, samples: list[float], limit: float, margins: Margins,
-                 *, scale: float, factor: float = 1.0, raw_min: float | None = None,
+                 *, scale: float, raw: list[float] | None = None, factor: float = 1.0,
                  single_reason: str = "") -> BudgetResult:
-    """Judge the median of timing samples against ``limit`` (already scaled).
+    """Judge timing samples against ``limit`` (already scaled), on medians.
 
-    ``samples`` are per-run times at the machine's typical speed (``factor`` is the median
-    of the machine's momentary factors, shown in the detail). The band where the verdict is
-    "within noise" is the configured margin, widened to half the samples' relative range
-    when the runs disagree more than that, and never wider than :data:`MAX_NOISE_BAND`.
+    ``samples`` are per-run times at the machine's typical speed, ``raw`` the same runs
+    before the machine's momentary factor was divided out (``factor`` is its median, shown
+    in the detail). Over budget needs both: still over the budget at typical speed, and
+    over the noise band as measured. So the machine's slowness can excuse an overrun
+    ("within noise"), but a real slowdown the reference did not share still fails even if
+    the reference read a little slow. The band is the configured margin, widened to half
+    the samples' relative range when the runs disagree more, never past
+    :data:`MAX_NOISE_BAND`.
     """
     stats = Stats.of(samples)
+    measured = Stats.of(raw) if raw else stats
     noise = (stats.max - stats.min) / (2 * stats.median) if stats.median > 0 else 0.0
     band = Margins(min(MAX_NOISE_BAND, max(margins.relative, noise)), margins.absolute)
-    verdict = judge(stats.median, limit, band)
+    if measured.median <= limit:
+        verdict = Verdict.OK
+    elif stats.median > limit and judge(measured.median, limit, band) is Verdict.OVER_BUDGET:
+        verdict = Verdict.OVER_BUDGET
+    else:
+        verdict = Verdict.WITHIN_NOISE
     detail = (f"median of {stats.n} run{'s' if stats.n != 1 else ''} (min "
               f"{format_duration(stats.min)}, max {format_duration(stats.max)}), noise band "
               f"{band.relative:.0%} + {format_duration(band.absolute)}")
-    if factor != 1.0:
-        detail += (f", machine ran x{factor:.2f} its typical time (divided out)"
-                   + (f" (raw min {format_duration(raw_min)})" if raw_min is not None else ""))
+    if raw and abs(factor - 1.0) >= 0.005:
+        detail += (f", machine ran x{factor:.2f} its typical time (divided out of the CPU "
+                   f"part; as measured: median {format_duration(measured.median)})")
     if scale != 1.0:
         detail += f", scale factor x{scale:.2f}"
     if stats.n == 1 and single_reason and verdict is not Verdict.OK:

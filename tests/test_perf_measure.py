@@ -194,6 +194,25 @@ def test_a_3x_slowdown_of_a_2x_budget_always_fails_however_noisy() -> None:
     assert headroom > MAX_NOISE_BAND
 
 
+def test_the_machine_can_excuse_an_overrun_but_not_hide_a_slowdown() -> None:
+    margins = Margins(0.10, 0.001)
+    budget = 0.020
+    measured = [0.030, 0.031, 0.030, 0.032]
+    # The reference ran 2x slow beside these runs: at typical speed 15 ms, within budget.
+    excused = timed_result("latency", [m / 2 for m in measured], budget, margins, scale=1.0,
+                           raw=measured, factor=2.0)
+    assert excused.verdict == Verdict.WITHIN_NOISE.value and "x2.00" in excused.detail
+    # The reference read 1.4x slow, but 3x code is still over at typical speed: fails.
+    slowed = timed_result("latency", [m / 1.4 for m in measured], budget, margins, scale=1.0,
+                          raw=measured, factor=1.4)
+    assert slowed.verdict == Verdict.OVER_BUDGET.value
+    # Over at typical speed but the measurement itself only marginally over: within noise.
+    marginal = [0.0215, 0.0215, 0.0215]
+    result = timed_result("latency", [m * 1.2 for m in marginal], budget, margins, scale=1.0,
+                          raw=marginal, factor=0.83)
+    assert result.verdict == Verdict.WITHIN_NOISE.value
+
+
 def test_calibration_is_a_positive_factor() -> None:
     result = calibrate(runs=3)
     assert result.seconds > 0 and result.factor > 0 and result.runs == 3

@@ -70,12 +70,16 @@ class TimedRuns:
             return [t.cpu / f for t, f in pairs]
         return [normalise(self._latency(t), t.cpu, f) for t, f in pairs]
 
+    def raw_samples(self, kind: str) -> list[float]:
+        """Per-run times as measured, before the machine factor is divided out."""
+        return [t.cpu if kind == "cpu" else self._latency(t) for t in self.timings]
+
     def statistic(self, kind: str) -> float:
         return statistics.median(self.samples(kind))
 
     def raw_min(self, kind: str) -> float:
         """The best run before the machine factor was divided out."""
-        return min(t.cpu if kind == "cpu" else self._latency(t) for t in self.timings)
+        return min(self.raw_samples(kind))
 
     def summary(self, *, cpu_wait_excluded: bool) -> dict[str, Any]:
         samples = self.samples("latency")
