@@ -294,3 +294,13 @@ def test_mariadb_full_scan(unique_ns: str) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
+
+
+def test_fast_statement_constructor_builds_the_same_statement() -> None:
+    from perfkit.sql.tracker import Statement, _new_statement
+
+    args = ("SELECT 1", "SELECT ?", 0.001, 1, "t.py:1 in f", "MainThread", "sqlite", None)
+    fast, slow = _new_statement(*args), Statement(*args)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    with pytest.raises(AttributeError):
+        fast.text = "changed"  # type: ignore[misc]  # still frozen
