@@ -129,7 +129,7 @@ def _label_for(shape: str, max_chars: int) -> str:
     if len(shape) <= max_chars:
         return shape
     digest = hashlib.blake2b(shape.encode(), digest_size=4).hexdigest()
-    return f"{shape[: max_chars - 12]}... #{digest}"
+    return f"{shape[: max_chars - 13]}... #{digest}"
 
 
 def _default_name(engine: Any) -> str:
