@@ -425,11 +425,16 @@ def test_postgres_slow_line_keeps_the_users_transaction(
                 conn.execute(sa.text(f"SELECT id FROM {table} WHERE email = :e"), {"e": email})
             conn.execute(sa.text(f"SELECT email FROM {table} WHERE id = :i"), {"i": 3})
             assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 51
+            streamed = conn.execution_options(stream_results=True, max_row_buffer=5).execute(
+                sa.text(f"SELECT email FROM {table} WHERE email LIKE :p"), {"p": "u%"})
+            assert len(streamed.all()) == 50  # no EXPLAIN in the middle of the stream
             trans.rollback()
         lines = _messages(sql_log, "slow SQL on pg")
         scan = [line for line in lines if "email = ?" in line]
         assert len(scan) == 1
         assert f"fix: CREATE INDEX ix_{table}_email ON {table} (email)" in scan[0]
+        streaming = [line for line in lines if "LIKE ?" in line]
+        assert "rows were still streaming from a server-side cursor" in streaming[0]
         by_id = [line for line in lines if "WHERE id = ?" in line]
         assert "plan: no full table scan" in by_id[0]
         text = registry.render_prometheus()
@@ -507,3 +512,15 @@ async def test_postgres_async_engine(postgres_url: str, registry: Registry) -> N
     finally:
         mon.close()
         await engine.dispose()
+
+
+def test_pools_without_sizes_get_no_size_gauges(registry: Registry) -> None:
+    engine = sa.create_engine("sqlite://")  # SingletonThreadPool: no size, no overflow
+    with monitor(engine, registry=registry, name="mem"):
+        for _ in range(3):
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        text = registry.render_prometheus()
+    assert _samples(text, "sql_pool_checkouts_total") == {(("db", "mem"),): 3}
+    assert "sql_pool_size" not in text and "sql_pool_overflow" not in text
+    engine.dispose()

@@ -119,7 +119,7 @@ class _Sink(QueryTracker):
 
     def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                 executemany: bool, duration: float, lazy: LazyLoad | None) -> None:
-        self.record_into(conn, statement, parameters, executemany, duration, lazy)
+        self.record_into(conn, cursor, statement, parameters, executemany, duration, lazy)
 
     def _note(self, message: str) -> None:
         self.note_into(message)
@@ -267,8 +267,8 @@ class SQLMonitor:
 
     # --- recording (from the tracker's listeners, any thread; never raises) ---
 
-    def _record(self, conn: Any, statement: str, parameters: Any, executemany: bool,
-                duration: float, lazy: LazyLoad | None) -> None:
+    def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                executemany: bool, duration: float, lazy: LazyLoad | None) -> None:
         try:
             if conn.engine is not self.engine:
                 return
@@ -284,9 +284,11 @@ class SQLMonitor:
                     entry.slow = self._slow_total.labels(self.name, entry.label)
                 entry.slow.inc_one()
                 if not entry.slow_logged:
-                    self._log_slow(conn, statement, parameters, executemany, duration, entry)
+                    self._log_slow(conn, cursor, statement, parameters, executemany, duration,
+                                   entry)
             elif not entry.explained and self.explain == "all":
-                self._explain(conn, statement, parameters, executemany, entry, log_scans=True)
+                self._explain(conn, cursor, statement, parameters, executemany, entry,
+                              log_scans=True)
             scope = _CURRENT.get()
             if scope is not None:
                 scope._add(entry.info, duration, lazy)
@@ -329,12 +331,18 @@ class SQLMonitor:
             self._overflow.slow_logged = True
         return self._overflow
 
-    def _explain(self, conn: Any, statement: str, parameters: Any, executemany: bool,
-                 entry: _Shape, *, log_scans: bool = False) -> PlanCheck | None:
+    def _explain(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                 executemany: bool, entry: _Shape, *, log_scans: bool = False
+                 ) -> PlanCheck | None:
         with self._lock:
             if entry.explained:
                 return entry.plan
             entry.explained = True
+        if _server_side(cursor):
+            # Another statement on a connection still streaming rows would break the stream
+            # on some drivers (MySQL): the slow line says so; explain="all" retries later.
+            entry.explained = False
+            return None
         began = time.perf_counter()
         try:
             raw = conn.connection.dbapi_connection
@@ -354,18 +362,19 @@ class SQLMonitor:
                            "sql_suggestion": scan.suggestion})
         return plan
 
-    def _log_slow(self, conn: Any, statement: str, parameters: Any, executemany: bool,
-                  duration: float, entry: _Shape) -> None:
+    def _log_slow(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                  executemany: bool, duration: float, entry: _Shape) -> None:
         with self._lock:
             if entry.slow_logged:
                 return
             entry.slow_logged = True
         plan = entry.plan
         if self.explain != "off" and not entry.explained:
-            plan = self._explain(conn, statement, parameters, executemany, entry)
+            plan = self._explain(conn, cursor, statement, parameters, executemany, entry)
         suggestion = ""
         if plan is None:
-            verdict = "plan: not checked (explain='off')"
+            verdict = ("plan: not checked (explain='off')" if self.explain == "off" else
+                       "plan: not checked (rows were still streaming from a server-side cursor)")
         elif plan.findings:
             suggestion = "; ".join(scan.suggestion for scan in plan.findings)
             verdict = "plan: " + "; ".join(
@@ -427,6 +436,12 @@ class SQLMonitor:
                 snap.sum, int(entry.slow.value) if entry.slow is not None else 0,
                 int(entry.errors.value) if entry.errors is not None else 0, entry.plan))
         return sorted(out, key=lambda s: (-s.count, -s.total_time))
+
+
+def _server_side(cursor: Any) -> bool:
+    """Whether ``cursor`` streams rows from the server (psycopg named, MySQL SS cursors)."""
+    kind = type(cursor).__name__
+    return kind.startswith("SS") or "ServerCursor" in kind or "ServerSide" in kind
 
 
 def _route() -> str | None:

@@ -14,7 +14,8 @@ one too. Figures, all labelled ``db``:
 * ``sql_pool_connections_opened_total`` - new DBAPI connections;
 * ``sql_pool_checked_out``, ``sql_pool_overflow`` (connections beyond ``pool_size``) and
   ``sql_pool_overflow_peak`` - read at scrape time; ``sql_pool_size`` and
-  ``sql_pool_max_overflow`` - the configured limits (QueuePool and its async variant).
+  ``sql_pool_max_overflow`` - the configured limits. These five exist only for pools that
+  have sizes (``QueuePool`` and its async variant; not ``NullPool`` or ``StaticPool``).
 
 Nothing here raises into user code: the wrapped ``connect`` re-raises only the pool's own
 exception, unchanged.
@@ -68,19 +69,16 @@ class PoolMonitor:
         self.opened = registry.counter(
             "sql_pool_connections_opened", "New DBAPI connections opened by the pool",
             ("db",)).labels(name)
-        self._gauges = [
-            registry.gauge(gauge, help, ("db",)).labels(name)
-            for gauge, help in (
+        if hasattr(engine.pool, "overflow"):  # QueuePool and its async variant have sizes
+            gauges = (
                 ("sql_pool_checked_out", "Connections checked out of the pool now"),
                 ("sql_pool_overflow", "Connections open beyond pool_size now"),
                 ("sql_pool_overflow_peak", "Most connections open beyond pool_size so far"),
                 ("sql_pool_size", "Configured pool_size"),
                 ("sql_pool_max_overflow", "Configured max_overflow (-1: unlimited)"),
             )
-        ]
-        readers = self._readers()
-        for gauge, reader in zip(self._gauges, readers):
-            gauge.set_function(reader)
+            for (gauge, help), reader in zip(gauges, self._readers()):
+                registry.gauge(gauge, help, ("db",)).labels(name).set_function(reader)
         event.listen(engine, "engine_disposed", self._on_disposed)
         self._wrap(engine.pool)
 
