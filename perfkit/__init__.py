@@ -5,6 +5,8 @@ The public names are listed in ``__all__``; everything else is private.
 
 from __future__ import annotations
 
+from perfkit.conversation import ConversationMemory
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__: list[str] = ["ConversationMemory"]
