@@ -5,8 +5,22 @@ The public names are listed in ``__all__``; everything else is private.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from perfkit.conversation import ConversationMemory
+
+if TYPE_CHECKING:
+    from perfkit.semantic import SemanticCache
 
 __version__ = "0.1.0"
 
-__all__: list[str] = ["ConversationMemory"]
+__all__: list[str] = ["ConversationMemory", "SemanticCache"]
+
+
+def __getattr__(name: str) -> Any:
+    # SemanticCache needs numpy (extra "semantic"): imported on first use only.
+    if name == "SemanticCache":
+        from perfkit.semantic import SemanticCache
+
+        return SemanticCache
+    raise AttributeError(f"module 'perfkit' has no attribute {name!r}")

@@ -1,0 +1,505 @@
+"""``SemanticCache``: an LLM response cache that recognises a question asked in other
+words, and never answers one context with another context's entry.
+
+Safety rules, by construction:
+
+* **Hard partitions.** ``context`` (user or tenant, model, system prompt, temperature,
+  conversation, tools...) is a required argument of every lookup and write, and each
+  distinct context is a separate index. A lookup cannot see another partition's entries;
+  there is no filter to forget.
+* **Exact first, then similar, then guarded.** A lookup tries the normalised prompt text
+  (case, whitespace, punctuation and contractions ignored), then the nearest neighbour by
+  cosine similarity (``threshold`` is a cosine *similarity* in [0, 1], higher = stricter),
+  then a lexical guard (numbers, negations, antonyms, names must agree).
+* **One embedder per partition.** Each partition records the embedder id and dimension it
+  was built with and refuses vectors from another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from perfkit.semantic.embedders import Embedder, HashingEmbedder, embedder_id
+from perfkit.semantic.index import PartitionIndex
+from perfkit.semantic.text import guard_conflict, normalize
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_THRESHOLD = 0.75
+"""Cosine similarity. With the default embedder and guard: precision 1.0, recall ~0.93 on
+the shipped evaluation set (``python -m perfkit.semantic``)."""
+
+_CANDIDATES = 4  # how many neighbours above the threshold the guard may look at
+_SIMILARITY_SAMPLES = 1024  # bounded reservoir of hit similarities for stats()
+
+Guard = Callable[[str, str], "str | None"]
+Price = float | Callable[[Any], float]
+TokenCount = int | Callable[[Any], int]
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticHit:
+    """A served entry: the response, how similar its prompt was and whether it matched
+    exactly (after normalisation)."""
+
+    response: Any
+    similarity: float
+    exact: bool
+    prompt: str
+
+
+@dataclass(slots=True)
+class _Entry:
+    prompt: str
+    normalized: str
+    response: Any
+    expires_at: float | None
+    tags: frozenset[str]
+    tokens: int
+    cost: float
+    partition: str
+    slot: int = -1
+
+
+@dataclass(slots=True)
+class _Stats:
+    hits: int = 0
+    exact_hits: int = 0
+    misses: int = 0
+    guard_rejections: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    invalidations: int = 0
+    tokens_saved: int = 0
+    cost_saved: float = 0.0
+    similarities: list[float] = field(default_factory=list)
+    similarity_count: int = 0
+
+
+def partition_key(context: object) -> str:
+    """Canonical, type-preserving text for a context (str, number, bool, None, and
+    tuples/lists/mappings of those). ``None`` alone is refused: context is required."""
+    if context is None:
+        raise ValueError(
+            "context is required: pass what makes an answer valid only for some callers "
+            "(user/tenant, model, system prompt, temperature...), e.g. "
+            "context={'tenant': t, 'model': m}"
+        )
+
+    def canon(value: object) -> Any:
+        if value is None or isinstance(value, bool | int | str):
+            return value
+        if isinstance(value, float):
+            return {"f": repr(value)}
+        if isinstance(value, Mapping):
+            return {"m": sorted((str(k), canon(v)) for k, v in value.items())}
+        if isinstance(value, list | tuple):
+            return {"l": [canon(v) for v in value]}
+        raise ValueError(
+            f"context values must be str, int, float, bool, None, or tuples/lists/mappings "
+            f"of those; got {type(value).__name__}"
+        )
+
+    return json.dumps(canon(context), separators=(",", ":"), ensure_ascii=False)
+
+
+def _positive(name: str, value: object, *, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a number > 0{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return value
+
+
+class SemanticCache:
+    """Similarity-based LLM response cache with hard context partitions.
+
+    * ``threshold``: minimum cosine similarity for a non-exact hit (0 < t <= 1).
+    * ``embedder``: callable from a batch of strings to an ``(n, dim)`` array
+      (default: :class:`~perfkit.semantic.embedders.HashingEmbedder`, no download).
+    * ``max_entries``: bound over all partitions (least recently used entry evicted).
+    * ``ttl``: seconds an entry may be served (``None``: until evicted).
+    * ``guard``: ``True`` (the built-in lexical guard), ``False``, or a callable
+      ``(cached_prompt, prompt) -> reason | None``.
+    * ``price`` / ``tokens``: what one call costs (number or function of the response),
+      credited to ``stats()`` on each hit; ``set(..., cost=, tokens=)`` overrides.
+    """
+
+    def __init__(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        embedder: Embedder | None = None,
+        *,
+        max_entries: int = 10_000,
+        ttl: float | None = 86_400.0,
+        guard: bool | Guard = True,
+        price: Price | None = None,
+        tokens: TokenCount | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+            0 < threshold <= 1
+        ):
+            raise ValueError(f"threshold must be a cosine similarity in (0, 1], got {threshold!r}")
+        if embedder is not None and not callable(embedder):
+            raise ValueError("embedder must be a callable from a list of str to vectors")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        self.threshold = float(threshold)
+        self.embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
+        self.max_entries = max_entries
+        self.ttl = _positive("ttl", ttl, allow_none=True)
+        if guard is True:
+            self.guard: Guard | None = guard_conflict
+        elif guard is False:
+            self.guard = None
+        elif callable(guard):
+            self.guard = guard
+        else:
+            raise ValueError("guard must be True, False or a callable (cached, prompt) -> reason")
+        for name, value in (("price", price), ("tokens", tokens)):
+            if value is not None and not callable(value) and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise ValueError(f"{name} must be a number >= 0, a callable, or None")
+        self.price = price
+        self.tokens = tokens
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._partitions: dict[str, PartitionIndex] = {}
+        self._lru: OrderedDict[int, _Entry] = OrderedDict()  # id(entry) -> entry
+        self._tags: dict[str, set[int]] = {}
+        self._stats = _Stats()
+
+    # -- embedding ----------------------------------------------------------------------
+    def _embed(self, prompt: str) -> tuple[str, npt.NDArray[np.float32]]:
+        """Embed one prompt: the embedder id, and a 1-D normalised float32 vector."""
+        emb_id = embedder_id(self.embedder)
+        raw = np.asarray(self.embedder([prompt]), dtype=np.float32)
+        if raw.ndim != 2 or raw.shape[0] != 1 or raw.shape[1] < 1:
+            raise ValueError(f"embedder must return shape (1, dim) for one prompt, got "
+                             f"{raw.shape}")
+        vector = raw[0]
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm):
+            raise ValueError("embedder returned a non-finite vector")
+        return emb_id, (vector / norm if norm > 0 else vector)
+
+    async def _aembed(self, prompt: str) -> tuple[str, npt.NDArray[np.float32]]:
+        """Embedding off the event loop: in a worker thread (the embedder may be slow)."""
+        return await asyncio.to_thread(self._embed, prompt)
+
+    @staticmethod
+    def _check_prompt(prompt: object) -> str:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+        return prompt
+
+    def _partition(self, key: str, emb_id: str, dim: int, create: bool) -> PartitionIndex | None:
+        index = self._partitions.get(key)
+        if index is None:
+            if not create:
+                return None
+            index = self._partitions[key] = PartitionIndex(emb_id, dim)
+        elif index.embedder_id != emb_id or index.dim != dim:
+            raise ValueError(
+                f"this partition holds vectors of embedder {index.embedder_id!r} "
+                f"(dim {index.dim}); refusing to mix with {emb_id!r} (dim {dim}). "
+                "Use a new SemanticCache (or clear()) after changing the embedder."
+            )
+        return index
+
+    # -- lookup -------------------------------------------------------------------------
+    def _exact(self, key: str, prompt: str) -> SemanticHit | None:
+        with self._lock:
+            index = self._partitions.get(key)
+            if index is None:
+                return None
+            slot = index.exact.get(normalize(prompt))
+            if slot is None:
+                return None
+            entry = index.entries[slot]
+            if self._expired(entry):
+                self._drop(entry, expired=True)
+                return None
+            return self._serve(entry, 1.0, exact=True)
+
+    def _nearest(self, key: str, prompt: str, emb_id: str,
+                 vector: npt.NDArray[np.float32]) -> SemanticHit | None:
+        with self._lock:
+            index = self._partition(key, emb_id, len(vector), create=False)
+            if index is None:
+                return None
+            for slot, similarity in index.candidates(vector, self.threshold, _CANDIDATES):
+                entry = index.entries[slot]
+                if entry is None:
+                    continue
+                if self._expired(entry):
+                    self._drop(entry, expired=True)
+                    continue
+                if self.guard is not None and self.guard(entry.prompt, prompt) is not None:
+                    self._stats.guard_rejections += 1
+                    continue
+                return self._serve(entry, similarity, exact=False)
+            return None
+
+    def _expired(self, entry: _Entry) -> bool:
+        return entry.expires_at is not None and self._clock() >= entry.expires_at
+
+    def _serve(self, entry: _Entry, similarity: float, *, exact: bool) -> SemanticHit:
+        s = self._stats
+        s.hits += 1
+        s.exact_hits += exact
+        s.tokens_saved += entry.tokens
+        s.cost_saved += entry.cost
+        s.similarity_count += 1
+        if len(s.similarities) < _SIMILARITY_SAMPLES:
+            s.similarities.append(similarity)
+        else:  # a rolling window over the latest hits
+            s.similarities[s.similarity_count % _SIMILARITY_SAMPLES] = similarity
+        self._lru.move_to_end(id(entry))  # only the entry actually served is refreshed
+        return SemanticHit(entry.response, similarity, exact, entry.prompt)
+
+    def get(self, prompt: str, *, context: object) -> SemanticHit | None:
+        """The cached answer for ``prompt`` within ``context``, or ``None``."""
+        prompt = self._check_prompt(prompt)
+        key = partition_key(context)
+        hit = self._exact(key, prompt)
+        if hit is None and key in self._partitions:
+            hit = self._nearest(key, prompt, *self._embed(prompt))
+        if hit is None:
+            self._stats.misses += 1
+        return hit
+
+    async def aget(self, prompt: str, *, context: object) -> SemanticHit | None:
+        """``get`` for async code; the embedder runs in a worker thread."""
+        prompt = self._check_prompt(prompt)
+        key = partition_key(context)
+        hit = self._exact(key, prompt)
+        if hit is None and key in self._partitions:
+            hit = self._nearest(key, prompt, *(await self._aembed(prompt)))
+        if hit is None:
+            self._stats.misses += 1
+        return hit
+
+    # -- writes -------------------------------------------------------------------------
+    def _entry(self, prompt: str, response: Any, key: str, ttl: float | None,
+               tags: Iterable[str], tokens: int | None, cost: float | None) -> _Entry:
+        ttl = self.ttl if ttl is None else _positive("ttl", ttl)
+        tag_set = frozenset(tags)
+        if not all(isinstance(t, str) for t in tag_set):
+            raise ValueError("tags must be strings")
+        if tokens is None:
+            tokens = (self.tokens(response) if callable(self.tokens) else self.tokens) or 0
+        if cost is None:
+            cost = (self.price(response) if callable(self.price) else self.price) or 0.0
+        return _Entry(prompt=prompt, normalized=normalize(prompt), response=response,
+                      expires_at=None if ttl is None else self._clock() + ttl,
+                      tags=tag_set, tokens=int(tokens), cost=float(cost), partition=key)
+
+    def _insert(self, entry: _Entry, emb_id: str, vector: npt.NDArray[np.float32]) -> None:
+        with self._lock:
+            index = self._partition(entry.partition, emb_id, len(vector), create=True)
+            assert index is not None
+            old = index.exact.get(entry.normalized)
+            if old is not None:
+                self._drop(index.entries[old])
+                index = self._partition(entry.partition, emb_id, len(vector), create=True)
+                assert index is not None
+            while len(self._lru) >= self.max_entries:
+                _, oldest = self._lru.popitem(last=False)
+                self._lru[id(oldest)] = oldest  # _drop removes it again
+                if self._expired(oldest):
+                    self._drop(oldest, expired=True)
+                else:
+                    self._drop(oldest)
+                    self._stats.evictions += 1
+            entry.slot = index.add(vector, entry.normalized, entry)
+            self._lru[id(entry)] = entry
+            for tag in entry.tags:
+                self._tags.setdefault(tag, set()).add(id(entry))
+
+    def _drop(self, entry: _Entry, *, expired: bool = False) -> None:
+        index = self._partitions.get(entry.partition)
+        if index is not None and index.entries[entry.slot] is entry:
+            index.remove(entry.slot)
+            if len(index) == 0:
+                del self._partitions[entry.partition]
+        self._lru.pop(id(entry), None)
+        for tag in entry.tags:
+            ids = self._tags.get(tag)
+            if ids is not None:
+                ids.discard(id(entry))
+                if not ids:
+                    del self._tags[tag]
+        if expired:
+            self._stats.expirations += 1
+
+    def set(self, prompt: str, response: Any, *, context: object, ttl: float | None = None,
+            tags: Iterable[str] = (), tokens: int | None = None,
+            cost: float | None = None) -> None:
+        """Store ``response`` for ``prompt`` in ``context``'s partition.
+
+        ``tags`` (e.g. ``"doc:42@v3"``) let :meth:`invalidate_tags` drop answers grounded
+        on data that changed; ``tokens``/``cost`` override the cache's ``tokens``/``price``.
+        """
+        prompt = self._check_prompt(prompt)
+        entry = self._entry(prompt, response, partition_key(context), ttl, tags, tokens, cost)
+        self._insert(entry, *self._embed(prompt))
+
+    async def aset(self, prompt: str, response: Any, *, context: object,
+                   ttl: float | None = None, tags: Iterable[str] = (),
+                   tokens: int | None = None, cost: float | None = None) -> None:
+        prompt = self._check_prompt(prompt)
+        entry = self._entry(prompt, response, partition_key(context), ttl, tags, tokens, cost)
+        self._insert(entry, *(await self._aembed(prompt)))
+
+    # -- invalidation -------------------------------------------------------------------
+    def invalidate_tags(self, *tags: str) -> int:
+        """Drop every entry carrying any of ``tags``; returns how many were dropped."""
+        with self._lock:
+            ids = set().union(*(self._tags.get(t, set()) for t in tags))
+            for entry_id in ids:
+                entry = self._lru.get(entry_id)
+                if entry is not None:
+                    self._drop(entry)
+            self._stats.invalidations += len(ids)
+            return len(ids)
+
+    def delete(self, prompt: str, *, context: object) -> bool:
+        """Drop the entry stored for exactly this (normalised) prompt in ``context``."""
+        with self._lock:
+            index = self._partitions.get(partition_key(context))
+            slot = None if index is None else index.exact.get(normalize(prompt))
+            if index is None or slot is None:
+                return False
+            self._drop(index.entries[slot])
+            return True
+
+    def clear(self, *, context: object = None) -> None:
+        """Drop one partition (``context=...``) or, without it, everything."""
+        with self._lock:
+            if context is None:
+                self._partitions.clear()
+                self._lru.clear()
+                self._tags.clear()
+                return
+            index = self._partitions.get(partition_key(context))
+            if index is not None:
+                for entry in [e for e in index.entries if e is not None]:
+                    self._drop(entry)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    # -- stats --------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Hits, misses, hit rate, similarity of hits (min/p10/p50), savings, sizes."""
+        with self._lock:
+            s = self._stats
+            sims = np.array(s.similarities, dtype=np.float64)
+            lookups = s.hits + s.misses
+            return {
+                "hits": s.hits,
+                "exact_hits": s.exact_hits,
+                "semantic_hits": s.hits - s.exact_hits,
+                "misses": s.misses,
+                "hit_rate": s.hits / lookups if lookups else 0.0,
+                "guard_rejections": s.guard_rejections,
+                "similarity": {
+                    "min": float(sims.min()) if sims.size else None,
+                    "p10": float(np.quantile(sims, 0.10)) if sims.size else None,
+                    "p50": float(np.quantile(sims, 0.50)) if sims.size else None,
+                },
+                "tokens_saved": s.tokens_saved,
+                "cost_saved": s.cost_saved,
+                "entries": len(self._lru),
+                "partitions": len(self._partitions),
+                "evictions": s.evictions,
+                "expirations": s.expirations,
+                "invalidations": s.invalidations,
+            }
+
+    # -- decorator ----------------------------------------------------------------------
+    def cached(
+        self,
+        *,
+        prompt: str | Callable[..., str],
+        context: Sequence[str] | Callable[..., object],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Cache a function that calls an LLM (sync or async).
+
+        ``prompt``: the name of the parameter holding the prompt, or a function of the
+        call's arguments returning it. ``context``: parameter names whose values form the
+        partition (e.g. ``("user_id", "model", "temperature")``), or a function of the
+        arguments. Both are required: there is no implicit shared partition. Exceptions
+        are never cached.
+        """
+        tag_list = tuple(tags)
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+                raise TypeError("SemanticCache.cached cannot cache generators")
+            signature = inspect.signature(fn)
+            names = set(signature.parameters)
+            if isinstance(prompt, str) and prompt not in names:
+                raise ValueError(f"prompt={prompt!r} is not a parameter of {fn.__qualname__}")
+            if not callable(context):
+                missing = [c for c in context if c not in names]
+                if isinstance(context, str) or missing:
+                    raise ValueError(f"context must be parameter names of {fn.__qualname__} "
+                                     f"(a tuple) or a callable; unknown: {missing or context}")
+
+            def key_of(args: Any, kwargs: Any) -> tuple[str, object]:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                a = bound.arguments
+                text = prompt(*args, **kwargs) if callable(prompt) else a[prompt]
+                ctx = (context(*args, **kwargs) if callable(context)
+                       else {name: a[name] for name in context})
+                return text, ctx
+
+            if inspect.iscoroutinefunction(fn):
+                afn = cast(Callable[..., Awaitable[Any]], fn)
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    text, ctx = key_of(args, kwargs)
+                    hit = await self.aget(text, context=ctx)
+                    if hit is not None:
+                        return hit.response
+                    result = await afn(*args, **kwargs)
+                    await self.aset(text, result, context=ctx, ttl=ttl, tags=tag_list)
+                    return result
+
+                return cast(Callable[P, R], async_wrapper)
+
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                text, ctx = key_of(args, kwargs)
+                hit = self.get(text, context=ctx)
+                if hit is not None:
+                    return cast(R, hit.response)
+                result = fn(*args, **kwargs)
+                self.set(text, result, context=ctx, ttl=ttl, tags=tag_list)
+                return result
+
+            return wrapper
+
+        return decorate
