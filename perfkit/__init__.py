@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from perfkit.caching import (
+    AiocacheBackend,
+    Backend,
+    BackendError,
+    CacheStats,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+    cached,
+)
 from perfkit.conversation import ConversationMemory
 
 if TYPE_CHECKING:
@@ -14,7 +24,18 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__: list[str] = ["ConversationMemory", "SemanticCache"]
+__all__ = [
+    "AiocacheBackend",
+    "Backend",
+    "BackendError",
+    "CacheStats",
+    "ConversationMemory",
+    "MemoryBackend",
+    "RedisBackend",
+    "SemanticCache",
+    "TieredBackend",
+    "cached",
+]
 
 
 def __getattr__(name: str) -> Any:

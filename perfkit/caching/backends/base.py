@@ -11,7 +11,7 @@ caller (the decorator, a middleware) counts the error and carries on without the
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Final
 
 
@@ -45,6 +45,11 @@ class Backend:
 
     is_local: bool = False
     supports_sync: bool = True
+    probe: Callable[[Key], Any] | None = None
+    """A sync lookup in a local tier (no I/O, never raises); the decorator's first try."""
+    rest: Callable[[Key], Any] | None = None
+    """For tiered backends: the rest of a read after a ``probe`` miss."""
+    arest: Callable[[Key], Awaitable[Any]] | None = None
 
     # -- sync -----------------------------------------------------------------------
     def get(self, key: Key) -> Any:

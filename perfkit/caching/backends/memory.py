@@ -1,0 +1,171 @@
+"""In-process LRU with per-entry TTL, bounded by entries and optionally by bytes.
+
+This is the product's hottest path, so a hit takes no lock: ``dict.get`` and
+``OrderedDict.move_to_end`` are each atomic (under the GIL, and under the per-object
+locks of free-threaded CPython), and a hit that races with an eviction simply loses its
+recency bump. Every write (set, delete, eviction, expiry) happens under one lock.
+
+Expiry is a deadline on a monotonic clock checked on read (and on insert for eviction),
+never a timer: entries expire correctly whatever event loop or thread wrote them.
+Values are stored and returned as they are (shared, not copied): a caller that mutates a
+cached list mutates the cache. Cache immutable values, or copy in your function.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from perfkit.caching.backends.base import MISSING, Backend, Key
+
+
+def estimate_size(value: Any) -> int:
+    """A cheap size estimate in bytes: the object plus one level of its items."""
+    size = sys.getsizeof(value, 64)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        size += sum(sys.getsizeof(v, 64) for v in value)
+    elif isinstance(value, dict):
+        size += sum(sys.getsizeof(k, 64) + sys.getsizeof(v, 64) for k, v in value.items())
+    return size
+
+
+class MemoryBackend(Backend):
+    """Thread-safe LRU cache with TTL deadlines; the default backend of ``cached``.
+
+    ``maxsize`` bounds the number of entries, ``max_bytes`` (optional) their estimated
+    size (``sizeof``, default :func:`estimate_size`). ``timer`` is injectable so tests
+    never sleep. A value larger than ``max_bytes`` on its own is not stored and counted
+    in ``rejected``.
+    """
+
+    is_local = True
+
+    def __init__(
+        self,
+        maxsize: int | None = 1024,
+        *,
+        max_bytes: int | None = None,
+        timer: Callable[[], float] = time.monotonic,
+        sizeof: Callable[[Any], int] = estimate_size,
+    ) -> None:
+        _check_positive("maxsize", maxsize)
+        _check_positive("max_bytes", max_bytes)
+        self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.timer = timer
+        self._sizeof = sizeof
+        # key -> (value, deadline or None, size)
+        self._data: OrderedDict[Key, tuple[Any, float | None, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._evictions = 0
+        self.rejected = 0
+        self.probe = self.get
+
+    def get(self, key: Key) -> Any:
+        entry = self._data.get(key)
+        if entry is None:
+            return MISSING
+        deadline = entry[1]
+        if deadline is not None and deadline <= self.timer():
+            self._expire(key, entry)
+            return MISSING
+        try:
+            self._data.move_to_end(key)
+        except KeyError:  # evicted by another thread since the get: still a valid read
+            pass
+        return entry[0]
+
+    def get_with_deadline(self, key: Key) -> tuple[Any, float | None]:
+        """The value and its deadline (on this backend's timer), or ``(MISSING, None)``."""
+        entry = self._data.get(key)
+        if entry is None:
+            return MISSING, None
+        if entry[1] is not None and entry[1] <= self.timer():
+            self._expire(key, entry)
+            return MISSING, None
+        return entry[0], entry[1]
+
+    def set(self, key: Key, value: Any, ttl: float | None) -> None:
+        size = self._sizeof(value) if self.max_bytes is not None else 0
+        deadline = None if ttl is None else self.timer() + ttl
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
+            if self.max_bytes is not None and size > self.max_bytes:
+                self.rejected += 1
+                return
+            self._data[key] = (value, deadline, size)
+            self._bytes += size
+            self._evict_locked()
+
+    def _evict_locked(self) -> None:
+        data = self._data
+        now = self.timer()
+        while (self.maxsize is not None and len(data) > self.maxsize) or (
+            self.max_bytes is not None and self._bytes > self.max_bytes
+        ):
+            _, entry = data.popitem(last=False)
+            self._bytes -= entry[2]
+            if entry[1] is None or entry[1] > now:  # dropping an expired entry is no loss
+                self._evictions += 1
+
+    def _expire(self, key: Key, entry: tuple[Any, float | None, int]) -> None:
+        with self._lock:
+            if self._data.get(key) is entry:
+                del self._data[key]
+                self._bytes -= entry[2]
+
+    def delete(self, key: Key) -> bool:
+        with self._lock:
+            entry = self._data.pop(key, None)
+            if entry is None:
+                return False
+            self._bytes -= entry[2]
+            return True
+
+    def clear_namespace(self, namespace: str) -> int:
+        with self._lock:
+            doomed = [k for k in self._data if k[0] == namespace]
+            for k in doomed:
+                self._bytes -= self._data.pop(k)[2]
+        return len(doomed)
+
+    def count_namespace(self, namespace: str) -> int:
+        now = self.timer()
+        with self._lock:
+            return sum(
+                1
+                for k, e in self._data.items()
+                if k[0] == namespace and (e[1] is None or e[1] > now)
+            )
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def currsize_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def evictions(self) -> int:
+        return self._evictions
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")

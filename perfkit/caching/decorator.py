@@ -1,0 +1,847 @@
+"""``perfkit.cached``: one decorator for sync and async functions, methods, class- and
+staticmethods, on any backend, with single flight and safe defaults.
+
+What is decided at decoration time, once: the backend, the key builder (signature,
+fast path), the wrapper variant (sync/async, stale-while-revalidate or not, plain function
+or method). The per-call path of a hit is: build the key, one ``get``, one counter.
+
+Plain functions get a plain closure (the leanest call Python has); functions defined in a
+class body go through ``wrapt``, which binds methods, classmethods and staticmethods
+correctly and gives ``obj.method.cache_invalidate(...)`` its instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, Literal, Protocol, TypeVar, overload
+
+import wrapt
+from typing_extensions import ParamSpec, Self
+
+from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
+from perfkit.caching.backends.memory import MemoryBackend
+from perfkit.caching.keys import KeyBuilder, canonical, default_namespace
+from perfkit.caching.singleflight import TaskFlights, ThreadFlights
+from perfkit.caching.stats import CacheStats, Counters
+
+P = ParamSpec("P")
+P2 = ParamSpec("P2")
+R = TypeVar("R")
+R2 = TypeVar("R2")
+S = TypeVar("S")
+R_co = TypeVar("R_co", covariant=True)
+
+logger = logging.getLogger("perfkit.cache")
+
+DISABLE_ENV = "PERFKIT_CACHE_DISABLED"
+_DEFAULT_MAXSIZE = 1024
+_UNSET: Any = object()
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """What ``cached`` returns: the function, same signature, plus cache controls."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def cache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Drop the entry this call would use (same binding rules as the call)."""
+        ...
+
+    async def acache_invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+
+    def cache_clear(self) -> int:
+        """Drop this function's entries only (never a whole shared store)."""
+        ...
+
+    async def acache_clear(self) -> int: ...
+
+    def cache_stats(self) -> CacheStats: ...
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Key: ...
+
+    # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds).
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[S, P2], R2], instance: S, owner: type[Any] | None = None
+    ) -> CachedFunction[P2, R2]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
+
+
+InstanceKey = Callable[[Any], Hashable] | Literal["shared"] | None
+
+
+@overload
+def cached(func: Callable[P, R], /) -> CachedFunction[P, R]: ...
+
+
+@overload
+def cached(
+    *,
+    ttl: float | None = None,
+    maxsize: int | None = ...,
+    backend: Backend | None = None,
+    key: Callable[..., Hashable] | None = None,
+    namespace: str | None = None,
+    stale_ttl: float | None = None,
+    ttl_jitter: float = 0.0,
+    version: str | None = None,
+    instance_key: InstanceKey = None,
+    lock_lease: float = 30.0,
+) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+
+
+def cached(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    ttl: float | None = None,
+    maxsize: int | None = _UNSET,
+    backend: Backend | None = None,
+    key: Callable[..., Hashable] | None = None,
+    namespace: str | None = None,
+    stale_ttl: float | None = None,
+    ttl_jitter: float = 0.0,
+    version: str | None = None,
+    instance_key: InstanceKey = None,
+    lock_lease: float = 30.0,
+) -> Any:
+    """Cache a function's results. See the README's caching section for every option.
+
+    - ``ttl``: seconds an entry is fresh; ``None`` = no expiry (a shared backend still
+      applies its own ``max_ttl``).
+    - ``maxsize``: entries of the default private :class:`MemoryBackend` (1024).
+    - ``backend``: a :class:`MemoryBackend`, ``RedisBackend``, ``TieredBackend``... Keys
+      carry the function's namespace, so one backend can serve many functions.
+    - ``key``: ``key(*args, **kwargs) -> value`` replaces the argument-based key.
+    - ``namespace``: replaces ``module:qualname`` in keys (required for lambdas and
+      local functions on a shared backend).
+    - ``stale_ttl``: after ``ttl``, serve the stale value for this long while exactly one
+      background refresh runs.
+    - ``ttl_jitter``: shorten each entry's ttl by a random fraction up to this (0..1), so
+      entries filled together do not expire together.
+    - ``version``: a string added to the namespace; bump it when the function's meaning
+      changes, or pass ``"auto"`` to derive it from the function's code.
+    - ``instance_key``: for methods, how an instance is identified. Default: each
+      instance has its own entries (never shared). A callable ``instance -> value`` gives
+      a stable identity (e.g. ``lambda self: self.tenant_id``); ``"shared"`` makes all
+      instances share entries.
+    - ``lock_lease``: seconds a cross-process compute lock lives in a shared backend (a
+      crashed holder blocks others at most this long).
+    """
+    _check_ttl("ttl", ttl)
+    _check_ttl("stale_ttl", stale_ttl)
+    _check_ttl("lock_lease", lock_lease)
+    if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, (int, float)) or not (
+        0 <= ttl_jitter < 1
+    ):
+        raise ValueError(f"ttl_jitter must be a number in [0, 1), got {ttl_jitter!r}")
+    if stale_ttl is not None and ttl is None:
+        raise ValueError("stale_ttl needs a ttl: a value without expiry is never stale")
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a callable returning the key value, got {key!r}")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
+    if instance_key is not None and instance_key != "shared" and not callable(instance_key):
+        raise TypeError(
+            f"instance_key must be None, 'shared' or a callable(instance), got {instance_key!r}"
+        )
+    if backend is not None and not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a perfkit cache backend, got {backend!r}")
+    if backend is not None and maxsize is not _UNSET:
+        raise ValueError("maxsize sizes the default memory backend; size your backend= instead")
+    if backend is None:
+        backend = MemoryBackend(_DEFAULT_MAXSIZE if maxsize is _UNSET else maxsize)
+
+    options = _Options(
+        ttl=ttl, backend=backend, key=key, namespace=namespace, stale_ttl=stale_ttl,
+        ttl_jitter=float(ttl_jitter), version=version, instance_key=instance_key,
+        lock_lease=lock_lease,
+    )
+    if func is None:
+        return lambda f: _decorate(f, options)
+    return _decorate(func, options)
+
+
+class _Options:
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+    ttl: float | None
+    backend: Backend
+    key: Callable[..., Hashable] | None
+    namespace: str | None
+    stale_ttl: float | None
+    ttl_jitter: float
+    version: str | None
+    instance_key: InstanceKey
+    lock_lease: float
+
+
+def _check_ttl(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
+
+
+def _decorate(target: Any, options: _Options) -> Any:
+    descriptor: type | None = None
+    func = target
+    if isinstance(target, (classmethod, staticmethod)):
+        descriptor = type(target)
+        func = target.__func__
+    if not callable(func):
+        raise TypeError(f"cached() decorates functions, got {target!r}")
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"cached() cannot cache generator {func.__qualname__}: its values are produced "
+            "lazily and can be consumed once; return a list instead"
+        )
+    is_async = inspect.iscoroutinefunction(func)
+    backend = options.backend
+    if not is_async and not backend.supports_sync:
+        raise TypeError(
+            f"{type(backend).__name__} is async-only; {func.__qualname__} is a sync function"
+        )
+    namespace = options.namespace or default_namespace(func)
+    if options.namespace is None and not backend.is_local and "<" in namespace:
+        raise ValueError(
+            f"{namespace} is a lambda or local function: its name is not unique across "
+            "processes; pass namespace=... to cache it in a shared backend"
+        )
+    if options.version is not None:
+        version = _code_version(func) if options.version == "auto" else options.version
+        namespace = f"{namespace}@{version}"
+
+    core = _Core(func, namespace, options)
+    if os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on"):
+        wrapper = _passthrough(func, core, is_async)
+    elif descriptor is not None or _defined_in_class(func):
+        wrapper = _method_wrapper(target, core, is_async)
+        return wrapper  # wrapt already binds classmethod/staticmethod correctly
+    else:
+        wrapper = _async_wrapper(func, core) if is_async else _sync_wrapper(func, core)
+    _attach(wrapper, core)
+    return descriptor(wrapper) if descriptor is not None else wrapper
+
+
+def _defined_in_class(func: Callable[..., Any]) -> bool:
+    parts = getattr(func, "__qualname__", "").split(".")
+    return len(parts) > 1 and parts[-2] != "<locals>"
+
+
+def _code_version(func: Callable[..., Any]) -> str:
+    code = getattr(inspect.unwrap(func), "__code__", None)
+    if code is None:
+        return "0"
+    blob = repr((code.co_code, code.co_consts, code.co_names)).encode()
+    return hashlib.blake2b(blob, digest_size=4).hexdigest()
+
+
+# -- the engine --------------------------------------------------------------------------
+
+_refresh_pool: ThreadPoolExecutor | None = None
+_refresh_pool_lock = threading.Lock()
+
+
+def _refresh_executor() -> ThreadPoolExecutor:
+    global _refresh_pool
+    if _refresh_pool is None:
+        with _refresh_pool_lock:
+            if _refresh_pool is None:
+                _refresh_pool = ThreadPoolExecutor(4, thread_name_prefix="perfkit-refresh")
+    return _refresh_pool
+
+
+_DEGRADED = "degraded"  # lock token when the backend could not be asked: compute anyway
+
+
+class _Core:
+    """Everything one decorated function needs; the wrappers close over its parts."""
+
+    def __init__(self, func: Callable[..., Any], namespace: str, options: _Options) -> None:
+        self.func = func
+        self.namespace = namespace
+        self.backend = options.backend
+        self.ttl = options.ttl
+        self.stale_ttl = options.stale_ttl
+        self.jitter = options.ttl_jitter
+        self.lease = options.lock_lease
+        self.instance_key = options.instance_key
+        self.keys = KeyBuilder(func, namespace, options.key)
+        self._method_keys: KeyBuilder | None = None
+        self.stats = Counters()
+        self.threads = ThreadFlights()
+        self.tasks = TaskFlights()
+        self.shared = not self.backend.is_local
+        self.clock: Callable[[], float] = getattr(self.backend, "timer", time.time)
+        self._refreshing: set[Hashable] = set()
+        self._refreshing_lock = threading.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- keys for methods ---------------------------------------------------------------
+    def method_key(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
+        if instance is None:  # staticmethod, or a plain function stored on a class
+            return self.keys(args, kwargs)
+        if self._method_keys is None:
+            self._method_keys = KeyBuilder(
+                self.func, self.namespace, self.keys.custom, skip_first=True
+            )
+        if self.instance_key == "shared":
+            return self._method_keys(args, kwargs)
+        return self._method_keys.with_owner(self._owner(instance), args, kwargs)
+
+    def _owner(self, instance: Any) -> Hashable:
+        if callable(self.instance_key):
+            return canonical(self.instance_key(instance), "instance_key() result")
+        if isinstance(instance, type):
+            return ("cls", f"{instance.__module__}.{instance.__qualname__}")
+        return ("obj", _instance_token(instance))
+
+    # -- storing -----------------------------------------------------------------------
+    def _entry(self, value: Any) -> tuple[Any, float | None]:
+        """What to store and for how long (stale-while-revalidate wraps the value)."""
+        ttl = self.ttl
+        if ttl is not None and self.jitter:
+            ttl *= 1.0 - self.jitter * random.random()
+        if self.stale_ttl is None:
+            return value, ttl
+        assert ttl is not None
+        return (self.clock() + ttl, value), ttl + self.stale_ttl
+
+    def store(self, key: Key, value: Any) -> None:
+        payload, ttl = self._entry(value)
+        try:
+            self.backend.set(key, payload, ttl)
+        except BackendError:
+            self.stats.backend_errors += 1
+        except TypeError as exc:
+            raise TypeError(f"cached {self.namespace}: cannot store its result: {exc}") from exc
+
+    async def astore(self, key: Key, value: Any) -> None:
+        payload, ttl = self._entry(value)
+        try:
+            if self.backend.is_local:
+                self.backend.set(key, payload, ttl)
+            else:
+                await self.backend.aset(key, payload, ttl)
+        except BackendError:
+            self.stats.backend_errors += 1
+        except TypeError as exc:
+            raise TypeError(f"cached {self.namespace}: cannot store its result: {exc}") from exc
+
+    def _unwrap(self, raw: Any) -> Any:
+        return raw if raw is MISSING or self.stale_ttl is None else raw[1]
+
+    def read_raw(self, key: Key) -> Any:
+        try:
+            return self.backend.get(key)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return MISSING
+
+    async def aread_raw(self, key: Key) -> Any:
+        try:
+            if self.backend.is_local:
+                return self.backend.get(key)
+            return await self.backend.aget(key)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return MISSING
+
+    def read(self, key: Key) -> Any:
+        return self._unwrap(self.read_raw(key))
+
+    async def aread(self, key: Key) -> Any:
+        return self._unwrap(await self.aread_raw(key))
+
+    # -- sync miss path ----------------------------------------------------------------
+    def miss(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value, led = self.threads.run(key, lambda: self._lead(key, args, kwargs))
+        if not led:
+            self.stats.joins += 1
+        return value
+
+    def _lead(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value = self.read(key)  # filled between our read and our flight?
+        if value is not MISSING:
+            self.stats.hits += 1
+            return value
+        if not self.shared:
+            return self._compute(key, args, kwargs)
+        token = self._acquire(key)
+        delay, deadline = 0.002, time.monotonic() + self.lease
+        while token is None and time.monotonic() < deadline:
+            time.sleep(delay)  # another process computes this key: wait for its value
+            delay = min(delay * 2, 0.05)
+            value = self.read(key)
+            if value is not MISSING:
+                self.stats.joins += 1
+                return value
+            token = self._acquire(key)
+        try:
+            return self._compute(key, args, kwargs)
+        finally:
+            self._release(key, token)
+
+    def _compute(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.stats.misses += 1
+        start = time.perf_counter()
+        value = self.func(*args, **kwargs)
+        self.stats.compute_seconds += time.perf_counter() - start
+        self.store(key, value)
+        return value
+
+    def _acquire(self, key: Key) -> str | None:
+        try:
+            return self.backend.acquire_lock(key, self.lease)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return _DEGRADED
+
+    def _release(self, key: Key, token: str | None) -> None:
+        if token is None or token == _DEGRADED:
+            return
+        try:
+            self.backend.release_lock(key, token)
+        except BackendError:
+            self.stats.backend_errors += 1
+
+    # -- async miss path ---------------------------------------------------------------
+    async def amiss(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value, led = await self.tasks.run(key, lambda: self._alead(key, args, kwargs))
+        if not led:
+            self.stats.joins += 1
+        return value
+
+    async def _alead(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value = await self.aread(key)
+        if value is not MISSING:
+            self.stats.hits += 1
+            return value
+        if not self.shared:
+            return await self._acompute(key, args, kwargs)
+        token = await self._aacquire(key)
+        delay, deadline = 0.002, time.monotonic() + self.lease
+        while token is None and time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            value = await self.aread(key)
+            if value is not MISSING:
+                self.stats.joins += 1
+                return value
+            token = await self._aacquire(key)
+        try:
+            return await self._acompute(key, args, kwargs)
+        finally:
+            await self._arelease(key, token)
+
+    async def _acompute(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.stats.misses += 1
+        start = time.perf_counter()
+        value = await self.func(*args, **kwargs)
+        self.stats.compute_seconds += time.perf_counter() - start
+        await self.astore(key, value)
+        return value
+
+    async def _aacquire(self, key: Key) -> str | None:
+        try:
+            return await self.backend.aacquire_lock(key, self.lease)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return _DEGRADED
+
+    async def _arelease(self, key: Key, token: str | None) -> None:
+        if token is None or token == _DEGRADED:
+            return
+        try:
+            await self.backend.arelease_lock(key, token)
+        except BackendError:
+            self.stats.backend_errors += 1
+
+    # -- stale-while-revalidate ----------------------------------------------------------
+    def stale(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Count a stale serve and start one background refresh for ``key``."""
+        self.stats.stale_serves += 1
+        with self._refreshing_lock:
+            if key in self._refreshing or self.threads.busy(key):
+                return
+            self._refreshing.add(key)
+        _refresh_executor().submit(self._refresh, key, args, kwargs)
+
+    def _refresh(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            token = self._acquire(key) if self.shared else "local"
+            if token is None:
+                return  # another process is refreshing this key
+            try:
+                self.threads.run(key, lambda: self._compute(key, args, kwargs))
+            finally:
+                self._release(key, token)
+        except Exception:
+            self.stats.refresh_errors += 1
+            logger.debug("background refresh of %s failed", self.namespace, exc_info=True)
+        finally:
+            with self._refreshing_lock:
+                self._refreshing.discard(key)
+
+    def astale(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.stats.stale_serves += 1
+        self.tasks.start(key, lambda: self._arefresh(key, args, kwargs))
+
+    async def _arefresh(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            token = await self._aacquire(key) if self.shared else "local"
+            if token is None:
+                return
+            try:
+                await self._acompute(key, args, kwargs)
+            finally:
+                await self._arelease(key, token)
+        except Exception:
+            self.stats.refresh_errors += 1
+            logger.debug("background refresh of %s failed", self.namespace, exc_info=True)
+
+    # -- controls ----------------------------------------------------------------------
+    def invalidate(self, key: Key) -> bool:
+        try:
+            return self.backend.delete(key)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return False
+
+    async def ainvalidate(self, key: Key) -> bool:
+        try:
+            return await self.backend.adelete(key)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return False
+
+    def clear(self) -> int:
+        try:
+            return self.backend.clear_namespace(self.namespace)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return 0
+
+    async def aclear(self) -> int:
+        try:
+            return await self.backend.aclear_namespace(self.namespace)
+        except BackendError:
+            self.stats.backend_errors += 1
+            return 0
+
+    def snapshot(self) -> CacheStats:
+        s = self.stats
+        try:
+            currsize = self.backend.count_namespace(self.namespace)
+        except (BackendError, TypeError):
+            currsize = -1  # unknown: the backend is down or async-only
+        return CacheStats(
+            hits=s.hits,
+            misses=s.misses,
+            joins=s.joins,
+            stale_serves=s.stale_serves,
+            evictions=self.backend.evictions,
+            backend_errors=s.backend_errors,
+            refresh_errors=s.refresh_errors,
+            currsize=currsize,
+            mean_miss_seconds=s.compute_seconds / s.misses if s.misses else 0.0,
+        )
+
+
+_tokens: dict[int, tuple[weakref.ref[Any], str]] = {}
+_tokens_lock = threading.Lock()
+_token_counter = iter(range(1, 1 << 62))
+
+
+def _instance_token(instance: Any) -> str:
+    """A token unique to this live instance, never reused, never keeping it alive.
+
+    Keyed by ``id`` but checked against a weak reference, so an object born at a dead
+    one's address gets a new token (no false hits after id reuse).
+    """
+    ident = id(instance)
+    entry = _tokens.get(ident)
+    if entry is not None and entry[0]() is instance:
+        return entry[1]
+    with _tokens_lock:
+        try:
+            ref = weakref.ref(instance, functools.partial(_forget_token, ident))
+        except TypeError:
+            raise TypeError(
+                f"cannot give instances of {type(instance).__qualname__} their own cache "
+                "entries (not weak-referenceable); pass instance_key=... to cached()"
+            ) from None
+        token = f"{os.getpid()}-{next(_token_counter)}-{random.getrandbits(32):08x}"
+        _tokens[ident] = (ref, token)
+        return token
+
+
+def _forget_token(ident: int, ref: weakref.ref[Any]) -> None:
+    with _tokens_lock:
+        entry = _tokens.get(ident)
+        if entry is not None and entry[0] is ref:
+            del _tokens[ident]
+
+
+# -- wrappers (chosen once per function) ------------------------------------------------
+
+
+def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
+    make_key, miss, stats = core.keys.build, core.miss, core.stats
+    backend = core.backend
+    first, rest = backend.probe or backend.get, backend.rest
+    missing = MISSING
+
+    if core.stale_ttl is None:
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = make_key(args, kwargs)
+            try:
+                value = first(key)
+                if value is missing and rest is not None:
+                    value = rest(key)
+            except BackendError:
+                stats.backend_errors += 1
+                value = missing
+            if value is not missing:
+                stats.hits += 1
+                return value
+            return miss(key, args, kwargs)
+
+        return wrapper
+
+    clock, stale = core.clock, core.stale
+
+    @functools.wraps(func)
+    def swr_wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = make_key(args, kwargs)
+        try:
+            entry = first(key)
+            if entry is missing and rest is not None:
+                entry = rest(key)
+        except BackendError:
+            stats.backend_errors += 1
+            entry = missing
+        if entry is missing:
+            return miss(key, args, kwargs)
+        if entry[0] > clock():
+            stats.hits += 1
+        else:
+            stale(key, args, kwargs)
+        return entry[1]
+
+    return swr_wrapper
+
+
+def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
+    make_key, amiss, stats = core.keys.build, core.amiss, core.stats
+    backend = core.backend
+    probe, arest, aget = backend.probe, backend.arest, backend.aget
+    missing = MISSING
+
+    if core.stale_ttl is None and probe is not None and arest is None:
+
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = make_key(args, kwargs)
+            value = probe(key)  # local tier: no I/O, no await
+            if value is not missing:
+                stats.hits += 1
+                return value
+            return await amiss(key, args, kwargs)
+
+        return wrapper
+
+    clock, astale, swr = core.clock, core.astale, core.stale_ttl is not None
+
+    @functools.wraps(func)
+    async def general_wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = make_key(args, kwargs)
+        try:
+            if probe is None:
+                entry = await aget(key)
+            else:
+                entry = probe(key)
+                if entry is missing and arest is not None:
+                    entry = await arest(key)
+        except BackendError:
+            stats.backend_errors += 1
+            entry = missing
+        if entry is missing:
+            return await amiss(key, args, kwargs)
+        if not swr:
+            stats.hits += 1
+            return entry
+        if entry[0] > clock():
+            stats.hits += 1
+        else:
+            astale(key, args, kwargs)
+        return entry[1]
+
+    return general_wrapper
+
+
+def _passthrough(func: Callable[..., Any], core: _Core, is_async: bool) -> Callable[..., Any]:
+    """The kill switch: call through, keep the cache controls so callers do not break."""
+    if is_async:
+
+        @functools.wraps(func)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            return await func(*args, **kwargs)
+
+        return awrapper
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _attach(wrapper: Any, core: _Core) -> None:
+    def cache_key(*args: Any, **kwargs: Any) -> Key:
+        return core.keys(args, kwargs)
+
+    def cache_invalidate(*args: Any, **kwargs: Any) -> bool:
+        return core.invalidate(core.keys(args, kwargs))
+
+    async def acache_invalidate(*args: Any, **kwargs: Any) -> bool:
+        return await core.ainvalidate(core.keys(args, kwargs))
+
+    wrapper.cache_key = cache_key
+    wrapper.cache_invalidate = cache_invalidate
+    wrapper.acache_invalidate = acache_invalidate
+    wrapper.cache_clear = core.clear
+    wrapper.acache_clear = core.aclear
+    wrapper.cache_stats = core.snapshot
+    wrapper.cache_core = core
+
+
+# -- methods, classmethods, staticmethods (wrapt) ---------------------------------------
+
+
+class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
+    """``obj.method`` as wrapt binds it: cache controls know their instance."""
+
+    def _owner(self) -> Any:
+        instance = self._self_instance
+        if instance is None and self._self_binding in ("classmethod",):
+            instance = self._self_owner
+        return instance
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> Key:
+        core: _Core = self._self_parent._self_core
+        return core.method_key(self._owner(), args, kwargs)
+
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        core: _Core = self._self_parent._self_core
+        return core.invalidate(core.method_key(self._owner(), args, kwargs))
+
+    async def acache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        core: _Core = self._self_parent._self_core
+        return await core.ainvalidate(core.method_key(self._owner(), args, kwargs))
+
+    def cache_clear(self) -> int:
+        return int(self._self_parent._self_core.clear())
+
+    async def acache_clear(self) -> int:
+        return int(await self._self_parent._self_core.aclear())
+
+    def cache_stats(self) -> CacheStats:
+        return self._self_parent._self_core.snapshot()  # type: ignore[no-any-return]
+
+
+class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
+    __bound_function_wrapper__ = _BoundCachedMethod
+
+    def __init__(self, wrapped: Any, wrapper: Any, core: _Core) -> None:
+        super().__init__(wrapped, wrapper)
+        self._self_core = core
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> Key:
+        return self._self_core.method_key(None, args, kwargs)
+
+    def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        core = self._self_core
+        return core.invalidate(core.method_key(None, args, kwargs))
+
+    async def acache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        core = self._self_core
+        return await core.ainvalidate(core.method_key(None, args, kwargs))
+
+    def cache_clear(self) -> int:
+        return self._self_core.clear()
+
+    async def acache_clear(self) -> int:
+        return await self._self_core.aclear()
+
+    def cache_stats(self) -> CacheStats:
+        return self._self_core.snapshot()
+
+
+def _method_wrapper(target: Any, core: _Core, is_async: bool) -> Any:
+    method_key, stats = core.method_key, core.stats
+    missing = MISSING
+    swr = core.stale_ttl is not None
+    clock = core.clock
+
+    if not is_async:
+
+        def sync_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            key = method_key(instance, args, kwargs)
+            entry = core.read_raw(key)
+            if entry is missing:
+                return core.miss(key, _full_args(instance, args), kwargs)
+            if not swr:
+                stats.hits += 1
+                return entry
+            if entry[0] > clock():
+                stats.hits += 1
+            else:
+                core.stale(key, _full_args(instance, args), kwargs)
+            return entry[1]
+
+        return _CachedMethod(target, sync_method, core)
+
+    async def async_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        key = method_key(instance, args, kwargs)
+        entry = await core.aread_raw(key)
+        if entry is missing:
+            return await core.amiss(key, _full_args(instance, args), kwargs)
+        if not swr:
+            stats.hits += 1
+            return entry
+        if entry[0] > clock():
+            stats.hits += 1
+        else:
+            core.astale(key, _full_args(instance, args), kwargs)
+        return entry[1]
+
+    return _CachedMethod(target, async_method, core)
+
+
+def _full_args(instance: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Arguments for ``core.func`` (the raw function): put ``self``/``cls`` back in front."""
+    if instance is None:
+        return tuple(args)
+    return (instance, *args)

@@ -1,0 +1,101 @@
+"""One contract for every backend: memory, Redis and tiered pass the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from perfkit import MemoryBackend, RedisBackend, TieredBackend, cached
+from perfkit.caching.backends.base import MISSING
+
+
+@pytest.fixture(params=["memory", "redis", "tiered"])
+def backend(request, unique_ns):
+    if request.param == "memory":
+        yield MemoryBackend(100)
+        return
+    url = request.getfixturevalue("redis_url")
+    if request.param == "redis":
+        b = RedisBackend(url)
+    else:
+        b = TieredBackend(MemoryBackend(100), RedisBackend(url))
+    yield b
+    b.clear_namespace(unique_ns)
+    b.close()
+
+
+def test_get_set_delete_and_none(backend, unique_ns):
+    key = (unique_ns, "i", 1)
+    assert backend.get(key) is MISSING
+    backend.set(key, None, 10)
+    assert backend.get(key) is None
+    backend.set(key, {"a": [1, 2]}, 10)
+    assert backend.get(key) == {"a": [1, 2]}
+    assert backend.delete(key) is True
+    assert backend.get(key) is MISSING
+    assert backend.delete(key) is False
+
+
+def test_clear_and_count_touch_one_namespace_only(backend, unique_ns):
+    other = unique_ns + "-other"
+    for i in range(5):
+        backend.set((unique_ns, "i", i), i, 10)
+    backend.set((other, "i", 0), "keep", 10)
+    assert backend.count_namespace(unique_ns) == 5
+    assert backend.clear_namespace(unique_ns) == 5
+    assert backend.count_namespace(unique_ns) == 0
+    assert backend.get((other, "i", 0)) == "keep"
+    backend.clear_namespace(other)
+
+
+def test_namespace_with_glob_characters_is_matched_literally(backend, unique_ns):
+    tricky = unique_ns + "*"
+    backend.set((tricky, "i", 1), 1, 10)
+    backend.set((unique_ns + "x", "i", 1), 2, 10)
+    assert backend.clear_namespace(tricky) == 1
+    assert backend.get((unique_ns + "x", "i", 1)) == 2
+    backend.clear_namespace(unique_ns + "x")
+
+
+async def test_async_api(backend, unique_ns):
+    key = (unique_ns, "s", "a")
+    assert await backend.aget(key) is MISSING
+    await backend.aset(key, [1], 10)
+    assert await backend.aget(key) == [1]
+    assert await backend.adelete(key) is True
+    assert await backend.aget(key) is MISSING
+
+
+def test_decorator_on_every_backend(backend, unique_ns):
+    calls = []
+
+    @cached(ttl=30, backend=backend, namespace=unique_ns)
+    def square(x):
+        calls.append(x)
+        return x * x
+
+    assert [square(3), square(3), square(x=3)] == [9, 9, 9]
+    assert calls == [3]
+    assert square.cache_invalidate(3) is True
+    assert square(3) == 9
+    assert calls == [3, 3]
+    assert square.cache_stats().currsize == 1
+    assert square.cache_clear() == 1
+
+
+async def test_async_decorator_on_every_backend_across_event_loops(backend, unique_ns):
+    calls = []
+
+    @cached(ttl=30, backend=backend, namespace=unique_ns)
+    async def load(x):
+        calls.append(x)
+        await asyncio.sleep(0.01)
+        return {"x": x}
+
+    results = await asyncio.gather(*(load(1) for _ in range(50)))
+    assert results == [{"x": 1}] * 50
+    assert calls == [1]
+    assert await load.acache_invalidate(1) is True
+    assert await load(1) == {"x": 1}
+    assert calls == [1, 1]
