@@ -359,3 +359,51 @@ def test_shipped_evaluation_meets_the_precision_target() -> None:
     assert report.recall >= 0.85
     without_guard = evaluate(guard=None)
     assert without_guard.false_positives >= report.false_positives
+
+
+# -- compression --------------------------------------------------------------------------
+def _prompts(n: int) -> list[str]:
+    rng = np.random.default_rng(7)
+    nouns = ("invoice", "router", "password", "refund", "printer", "budget", "garden", "laptop",
+             "passport", "ticket", "account", "kernel", "recipe", "battery", "playlist")
+    verbs = ("reset", "update", "configure", "cancel", "renew", "clean", "repair", "export")
+    return [f"how to {rng.choice(verbs)} my {rng.choice(nouns)} {rng.choice(nouns)} "
+            f"variant{i}" for i in range(n)]
+
+
+def test_compression_serves_the_same_hits_with_less_memory() -> None:
+    emb = HashingEmbedder(dim=128)
+    plain = SemanticCache(embedder=emb, threshold=0.6, guard=False)
+    small = SemanticCache(embedder=emb, threshold=0.6, guard=False, compress=32,
+                          compress_after=64)
+    prompts = _prompts(400)
+    for p in prompts[:50]:
+        plain.set(p, p, context=CTX)
+        small.set(p, p, context=CTX)
+    assert not small.stats()["compressed"]
+    plain.set_many([(p, p) for p in prompts[50:]], context=CTX)
+    small.set_many([(p, p) for p in prompts[50:]], context=CTX)  # crosses compress_after
+    assert small.stats()["compressed"]
+    for p in prompts[::7]:  # churn after compression: slot reuse must stay consistent
+        plain.delete(p, context=CTX)
+        small.delete(p, context=CTX)
+    same = 0
+    queries = [p.replace("how to", "how do i") + " please" for p in prompts[1::3]]
+    for q in queries:
+        a, b = plain.get(q, context=CTX), small.get(q, context=CTX)
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            same += a.response == b.response
+            assert abs(a.similarity - b.similarity) < 5e-3
+    hits = plain.stats()["hits"]
+    assert hits > len(queries) // 2 and same >= hits - 1  # float16 ties at most
+    per_entry_plain = plain.stats()["vector_bytes"] / len(plain)
+    per_entry_small = small.stats()["vector_bytes"] / len(small)
+    assert per_entry_small < per_entry_plain
+
+
+def test_compression_configuration_is_validated() -> None:
+    with pytest.raises(ValueError, match="compress"):
+        SemanticCache(compress=1)
+    with pytest.raises(ValueError, match="compress_after"):
+        SemanticCache(compress=8, compress_after=2)

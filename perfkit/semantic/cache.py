@@ -137,6 +137,10 @@ class SemanticCache:
       ``(cached_prompt, prompt) -> reason | None``.
     * ``price`` / ``tokens``: what one call costs (number or function of the response),
       credited to ``stats()`` on each hit; ``set(..., cost=, tokens=)`` overrides.
+    * ``compress``: search in ``compress`` dimensions (an SVD basis fitted once
+      ``compress_after`` vectors of one embedder are stored) and re-score candidates on
+      float16 full vectors; faster lookups on large caches, same hits up to float16
+      rounding (see :mod:`perfkit.semantic.index`).
     """
 
     def __init__(
@@ -149,8 +153,22 @@ class SemanticCache:
         guard: bool | Guard = True,
         price: Price | None = None,
         tokens: TokenCount | None = None,
+        compress: int | None = None,
+        compress_after: int = 2048,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if compress is not None and (
+            isinstance(compress, bool) or not isinstance(compress, int) or compress < 2
+        ):
+            raise ValueError(f"compress must be an int >= 2 (dimensions) or None, got {compress!r}")
+        if isinstance(compress_after, bool) or not isinstance(compress_after, int) or (
+            compress_after < 16
+        ):
+            raise ValueError(f"compress_after must be an int >= 16, got {compress_after!r}")
+        self.compress = compress
+        self.compress_after = compress_after
+        self._bases: dict[tuple[str, int], npt.NDArray[np.float32]] = {}
+        self._stored_by_embedder: dict[tuple[str, int], int] = {}
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
             0 < threshold <= 1
         ):
@@ -214,7 +232,8 @@ class SemanticCache:
         if index is None:
             if not create:
                 return None
-            index = self._partitions[key] = PartitionIndex(emb_id, dim)
+            index = self._partitions[key] = PartitionIndex(
+                emb_id, dim, self._bases.get((emb_id, dim)))
         elif index.embedder_id != emb_id or index.dim != dim:
             raise ValueError(
                 f"this partition holds vectors of embedder {index.embedder_id!r} "
@@ -332,6 +351,22 @@ class SemanticCache:
             self._lru[id(entry)] = entry
             for tag in entry.tags:
                 self._tags.setdefault(tag, set()).add(id(entry))
+            if self.compress is not None and index.basis is None:
+                kind = (emb_id, len(vector))
+                stored = self._stored_by_embedder[kind] = self._stored_by_embedder.get(kind, 0) + 1
+                if stored >= self.compress_after and self.compress < len(vector):
+                    self._fit_compression(kind, self.compress)
+
+    def _fit_compression(self, kind: tuple[str, int], dims: int) -> None:
+        """Fit the projection basis on the stored vectors and switch the partitions."""
+        indexes = [i for i in self._partitions.values() if (i.embedder_id, i.dim) == kind]
+        rows = [i.vectors[: i.size][[e is not None for e in i.entries]] for i in indexes]
+        sample = np.concatenate(rows)[:8192]
+        _, _, vt = np.linalg.svd(sample, full_matrices=False)
+        basis = np.ascontiguousarray(vt[:dims].T, dtype=np.float32)
+        self._bases[kind] = basis
+        for index in indexes:
+            index.compress(basis)
 
     def _drop(self, entry: _Entry, *, expired: bool = False) -> None:
         index = self._partitions.get(entry.partition)
@@ -367,6 +402,26 @@ class SemanticCache:
         prompt = self._check_prompt(prompt)
         entry = self._entry(prompt, response, partition_key(context), ttl, tags, tokens, cost)
         self._insert(entry, *(await self._aembed(prompt)))
+
+    def set_many(self, items: Iterable[tuple[str, Any]], *, context: object,
+                 ttl: float | None = None, tags: Iterable[str] = ()) -> int:
+        """Store many ``(prompt, response)`` pairs in one partition with one embedder call
+        (warming a cache from logs); returns how many were stored."""
+        pairs = [(self._check_prompt(p), r) for p, r in items]
+        if not pairs:
+            return 0
+        key = partition_key(context)
+        tag_list = tuple(tags)
+        entries = [self._entry(p, r, key, ttl, tag_list, None, None) for p, r in pairs]
+        emb_id = embedder_id(self.embedder)
+        raw = np.asarray(self.embedder([p for p, _ in pairs]), dtype=np.float32)
+        if raw.ndim != 2 or raw.shape[0] != len(pairs):
+            raise ValueError(f"embedder must return shape ({len(pairs)}, dim), got {raw.shape}")
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        np.divide(raw, norms, out=raw, where=norms > 0)
+        for entry, vector in zip(entries, raw):
+            self._insert(entry, emb_id, vector)
+        return len(entries)
 
     # -- invalidation -------------------------------------------------------------------
     def invalidate_tags(self, *tags: str) -> int:
@@ -429,6 +484,8 @@ class SemanticCache:
                 "cost_saved": s.cost_saved,
                 "entries": len(self._lru),
                 "partitions": len(self._partitions),
+                "vector_bytes": sum(i.nbytes for i in self._partitions.values()),
+                "compressed": bool(self._bases),
                 "evictions": s.evictions,
                 "expirations": s.expirations,
                 "invalidations": s.invalidations,

@@ -10,6 +10,7 @@ model (:class:`SentenceTransformerEmbedder`), loaded from a local path or cache.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from collections.abc import Sequence
@@ -69,32 +70,43 @@ class HashingEmbedder:
         self.dim = dim
         self.char_ngrams = (lo, hi)
         self.weights = (word_weight, bigram_weight, char_weight)
+        self._word_features = functools.lru_cache(maxsize=50_000)(self._word_uncached)
         self.id = (f"perfkit-hashing-v1:d{dim}:c{lo}-{hi}:"
                    f"w{word_weight:g}-{bigram_weight:g}-{char_weight:g}")
 
-    def features(self, text: str) -> list[tuple[str, float]]:
-        words = content_words(tokens(text))
-        w_word, w_bigram, w_char = self.weights
-        feats: list[tuple[str, float]] = [("w:" + w, w_word) for w in words]
-        feats.extend(("b:" + a + " " + b, w_bigram) for a, b in itertools.pairwise(words))
+    def _hashed(self, feature: str, weight: float) -> tuple[int, float]:
+        h = zlib.crc32(feature.encode())
+        return h % self.dim, (weight if h & 0x80000000 else -weight)
+
+    def _word_uncached(self, word: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Hashed unigram and character n-grams of one word (cached: words repeat)."""
+        w_word, _, w_char = self.weights
         lo, hi = self.char_ngrams
-        for w in words:
-            padded = f"<{w}>"
-            grams = [padded[i:i + n] for n in range(lo, hi + 1)
-                     for i in range(len(padded) - n + 1)]
-            if grams:
-                share = w_char / len(grams) ** 0.5
-                feats.extend(("c:" + g, share) for g in grams)
-        return feats
+        padded = f"<{word}>"
+        grams = [padded[i:i + n] for n in range(lo, hi + 1) for i in range(len(padded) - n + 1)]
+        share = w_char / len(grams) ** 0.5 if grams else 0.0
+        pairs = [self._hashed("w:" + word, w_word)]
+        pairs.extend(self._hashed("c:" + g, share) for g in grams)
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
     def __call__(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        dim = self.dim
+        w_bigram = self.weights[1]
+        word_features = self._word_features
         for row, text in enumerate(texts):
-            vec = out[row]
-            for feature, weight in self.features(text):
-                h = zlib.crc32(feature.encode())
-                vec[h % dim] += weight if h & 0x80000000 else -weight
+            words = content_words(tokens(text))
+            slots: list[int] = []
+            weights: list[float] = []
+            for w in words:
+                s, v = word_features(w)
+                slots.extend(s)
+                weights.extend(v)
+            for a, b in itertools.pairwise(words):
+                slot, weight = self._hashed("b:" + a + " " + b, w_bigram)
+                slots.append(slot)
+                weights.append(weight)
+            if slots:
+                out[row] = np.bincount(slots, weights, minlength=self.dim)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out

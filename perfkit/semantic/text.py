@@ -38,6 +38,8 @@ def _wordlist(text: str) -> list[str]:
 
 
 def _split_token(token: str) -> list[str]:
+    if "'" not in token and "\u2019" not in token:
+        return [token] if token != "cannot" else ["can", "not"]
     token = token.replace("\u2019", "'")
     if token in _IRREGULAR_NOT:
         return _IRREGULAR_NOT[token]
