@@ -53,17 +53,20 @@ class Message:
     pinned: bool = False
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: tuple[Mapping[str, Any], ...] | None = field(default=None, compare=True)
+    tool_calls: tuple[Mapping[str, Any], ...] | None = None
+    kind: str = field(init=False, compare=False, repr=False)
+    """How trimming treats the message (``KIND_*`` above), derived once."""
 
-    @property
-    def kind(self) -> str:
+    def __post_init__(self) -> None:
         if self.pinned:
-            return KIND_PINNED
-        if self.role == "user":
-            return KIND_USER
-        if self.role == "tool":
-            return KIND_TOOL
-        return KIND_OTHER
+            kind = KIND_PINNED
+        elif self.role == "user":
+            kind = KIND_USER
+        elif self.role == "tool":
+            kind = KIND_TOOL
+        else:
+            kind = KIND_OTHER
+        object.__setattr__(self, "kind", kind)
 
     def to_dict(self) -> dict[str, Any]:
         """The message in the chat-completions shape most LLM SDKs accept."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from perfkit.conversation.messages import Message
@@ -311,7 +312,7 @@ class RedisStore:
     @staticmethod
     def _append_result(messages: Sequence[Message], raw: list[Any]) -> AppendResult:
         first = int(raw[0])
-        stored = [Message.decode(first + i, m.encode()) for i, m in enumerate(messages)]
+        stored = [replace(m, seq=first + i) for i, m in enumerate(messages)]
         evicted = [Message.decode(int(raw[i]), raw[i + 1]) for i in range(1, len(raw), 2)]
         return AppendResult(stored=stored, evicted=evicted)
 
