@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from perfkit.semantic.embedders import Embedder, HashingEmbedder, embedder_id
 from perfkit.semantic.index import PartitionIndex
+from perfkit.semantic.shared import RedisSync, decode_vector, encode_vector
 from perfkit.semantic.text import guard_conflict, normalize
 
 P = ParamSpec("P")
@@ -87,6 +88,7 @@ class _Stats:
     cost_saved: float = 0.0
     similarities: list[float] = field(default_factory=list)
     similarity_count: int = 0
+    shared_skipped: int = 0
 
 
 def partition_key(context: object) -> str:
@@ -141,6 +143,9 @@ class SemanticCache:
       ``compress_after`` vectors of one embedder are stored) and re-score candidates on
       float16 full vectors; faster lookups on large caches, same hits up to float16
       rounding (see :mod:`perfkit.semantic.index`).
+    * ``shared``: a Redis URL or :class:`~perfkit.semantic.shared.RedisSync` so several
+      workers share entries (responses must then be JSON-serialisable); while Redis is
+      down each worker serves and fills its local cache alone.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class SemanticCache:
         tokens: TokenCount | None = None,
         compress: int | None = None,
         compress_after: int = 2048,
+        shared: RedisSync | str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if compress is not None and (
@@ -202,6 +208,11 @@ class SemanticCache:
         self._lru: OrderedDict[int, _Entry] = OrderedDict()  # id(entry) -> entry
         self._tags: dict[str, set[int]] = {}
         self._stats = _Stats()
+        if isinstance(shared, str):
+            shared = RedisSync(shared)
+        if shared is not None and not isinstance(shared, RedisSync):
+            raise ValueError("shared must be a Redis URL, a RedisSync or None")
+        self.shared: RedisSync | None = shared
 
     # -- embedding ----------------------------------------------------------------------
     def _embed(self, prompt: str) -> tuple[str, npt.NDArray[np.float32]]:
@@ -297,6 +308,8 @@ class SemanticCache:
         """The cached answer for ``prompt`` within ``context``, or ``None``."""
         prompt = self._check_prompt(prompt)
         key = partition_key(context)
+        if self.shared is not None:
+            self._apply(self.shared.poll())
         hit = self._exact(key, prompt)
         if hit is None and key in self._partitions:
             hit = self._nearest(key, prompt, *self._embed(prompt))
@@ -308,6 +321,8 @@ class SemanticCache:
         """``get`` for async code; the embedder runs in a worker thread."""
         prompt = self._check_prompt(prompt)
         key = partition_key(context)
+        if self.shared is not None:
+            self._apply(await asyncio.to_thread(self.shared.poll))
         hit = self._exact(key, prompt)
         if hit is None and key in self._partitions:
             hit = self._nearest(key, prompt, *(await self._aembed(prompt)))
@@ -319,6 +334,12 @@ class SemanticCache:
     def _entry(self, prompt: str, response: Any, key: str, ttl: float | None,
                tags: Iterable[str], tokens: int | None, cost: float | None) -> _Entry:
         ttl = self.ttl if ttl is None else _positive("ttl", ttl)
+        if self.shared is not None:
+            try:
+                json.dumps(response)
+            except (TypeError, ValueError) as exc:
+                raise ValueError("response must be JSON-serialisable when the cache is shared "
+                                 f"through Redis: {exc}") from None
         tag_set = frozenset(tags)
         if not all(isinstance(t, str) for t in tag_set):
             raise ValueError("tags must be strings")
@@ -394,14 +415,20 @@ class SemanticCache:
         """
         prompt = self._check_prompt(prompt)
         entry = self._entry(prompt, response, partition_key(context), ttl, tags, tokens, cost)
-        self._insert(entry, *self._embed(prompt))
+        emb_id, vector = self._embed(prompt)
+        self._insert(entry, emb_id, vector)
+        if self.shared is not None:
+            self.shared.publish(self._set_op(entry, emb_id, vector))
 
     async def aset(self, prompt: str, response: Any, *, context: object,
                    ttl: float | None = None, tags: Iterable[str] = (),
                    tokens: int | None = None, cost: float | None = None) -> None:
         prompt = self._check_prompt(prompt)
         entry = self._entry(prompt, response, partition_key(context), ttl, tags, tokens, cost)
-        self._insert(entry, *(await self._aembed(prompt)))
+        emb_id, vector = await self._aembed(prompt)
+        self._insert(entry, emb_id, vector)
+        if self.shared is not None:
+            await asyncio.to_thread(self.shared.publish, self._set_op(entry, emb_id, vector))
 
     def set_many(self, items: Iterable[tuple[str, Any]], *, context: object,
                  ttl: float | None = None, tags: Iterable[str] = ()) -> int:
@@ -421,11 +448,61 @@ class SemanticCache:
         np.divide(raw, norms, out=raw, where=norms > 0)
         for entry, vector in zip(entries, raw):
             self._insert(entry, emb_id, vector)
+            if self.shared is not None:
+                self.shared.publish(self._set_op(entry, emb_id, vector))
         return len(entries)
+
+    # -- sharing through Redis ----------------------------------------------------------
+    def _set_op(self, entry: _Entry, emb_id: str,
+                vector: npt.NDArray[np.float32]) -> dict[str, Any]:
+        left = None if entry.expires_at is None else entry.expires_at - self._clock()
+        return {"op": "set", "p": entry.partition, "prompt": entry.prompt,
+                "response": entry.response, "exp": None if left is None else time.time() + left,
+                "tags": sorted(entry.tags), "tokens": entry.tokens, "cost": entry.cost,
+                "emb": emb_id, "vec": encode_vector(vector)}
+
+    def _apply(self, ops: list[dict[str, Any]]) -> None:
+        """Apply other workers' operations to the local indexes (without re-publishing)."""
+        for op in ops:
+            kind = op.get("op")
+            if kind == "set":
+                self._apply_set(op)
+            elif kind == "del":
+                self._delete(op["p"], op["n"])
+            elif kind == "tags":
+                self._invalidate(op["tags"])
+            elif kind == "clear":
+                self._clear(op["p"])
+
+    def _apply_set(self, op: dict[str, Any]) -> None:
+        vector = decode_vector(op["vec"])
+        if op["emb"] != embedder_id(self.embedder):
+            self._stats.shared_skipped += 1  # another embedder's vectors: never mixed
+            return
+        expires_at = None
+        if op["exp"] is not None:
+            left = op["exp"] - time.time()
+            if left <= 0:
+                return
+            expires_at = self._clock() + left
+        prompt = op["prompt"]
+        entry = _Entry(prompt=prompt, normalized=normalize(prompt), response=op["response"],
+                       expires_at=expires_at, tags=frozenset(op["tags"]),
+                       tokens=int(op["tokens"]), cost=float(op["cost"]), partition=op["p"])
+        try:
+            self._insert(entry, op["emb"], vector)
+        except ValueError:
+            self._stats.shared_skipped += 1
 
     # -- invalidation -------------------------------------------------------------------
     def invalidate_tags(self, *tags: str) -> int:
         """Drop every entry carrying any of ``tags``; returns how many were dropped."""
+        count = self._invalidate(tags)
+        if self.shared is not None:
+            self.shared.publish({"op": "tags", "tags": list(tags)})
+        return count
+
+    def _invalidate(self, tags: Iterable[str]) -> int:
         with self._lock:
             ids = set().union(*(self._tags.get(t, set()) for t in tags))
             for entry_id in ids:
@@ -433,13 +510,19 @@ class SemanticCache:
                 if entry is not None:
                     self._drop(entry)
             self._stats.invalidations += len(ids)
-            return len(ids)
+        return len(ids)
 
     def delete(self, prompt: str, *, context: object) -> bool:
         """Drop the entry stored for exactly this (normalised) prompt in ``context``."""
+        key, normalized = partition_key(context), normalize(prompt)
+        if self.shared is not None:
+            self.shared.publish({"op": "del", "p": key, "n": normalized})
+        return self._delete(key, normalized)
+
+    def _delete(self, key: str, normalized: str) -> bool:
         with self._lock:
-            index = self._partitions.get(partition_key(context))
-            slot = None if index is None else index.exact.get(normalize(prompt))
+            index = self._partitions.get(key)
+            slot = None if index is None else index.exact.get(normalized)
             if index is None or slot is None:
                 return False
             self._drop(index.entries[slot])
@@ -447,13 +530,19 @@ class SemanticCache:
 
     def clear(self, *, context: object = None) -> None:
         """Drop one partition (``context=...``) or, without it, everything."""
+        key = None if context is None else partition_key(context)
+        if self.shared is not None:
+            self.shared.publish({"op": "clear", "p": key})
+        self._clear(key)
+
+    def _clear(self, key: str | None) -> None:
         with self._lock:
-            if context is None:
+            if key is None:
                 self._partitions.clear()
                 self._lru.clear()
                 self._tags.clear()
                 return
-            index = self._partitions.get(partition_key(context))
+            index = self._partitions.get(key)
             if index is not None:
                 for entry in [e for e in index.entries if e is not None]:
                     self._drop(entry)
@@ -489,6 +578,8 @@ class SemanticCache:
                 "evictions": s.evictions,
                 "expirations": s.expirations,
                 "invalidations": s.invalidations,
+                "shared_skipped": s.shared_skipped,
+                "shared_errors": self.shared.errors if self.shared is not None else 0,
             }
 
     # -- decorator ----------------------------------------------------------------------
