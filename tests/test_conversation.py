@@ -317,3 +317,21 @@ def test_memory_store_expired_conversations_are_swept_on_insert() -> None:
     clock.now += 11
     mem.append("fresh", "user", "x")
     assert len(store) == 1
+
+
+def test_expected_seq_allows_one_active_turn(make: Factory) -> None:
+    from perfkit.conversation import ConversationConflict
+
+    mem = make(max_messages=10)
+    seen = mem.snapshot("c").last_seq
+    assert seen == 0
+    mem.append("c", "user", "first writer", expected_seq=seen)
+    with pytest.raises(ConversationConflict) as info:
+        mem.append("c", "user", "second writer, stale view", expected_seq=seen)
+    assert (info.value.expected_seq, info.value.actual_seq) == (0, 1)
+    assert [m["content"] for m in mem.get("c")] == ["first writer"]  # nothing written
+    now = mem.snapshot("c").last_seq
+    mem.extend("c", [{"role": "assistant", "content": "reply"}], expected_seq=now)
+    assert mem.snapshot("c").last_seq == 2
+    with pytest.raises(ValueError, match="expected_seq"):
+        mem.append("c", "user", "x", expected_seq=-1)

@@ -9,10 +9,11 @@ from perfkit.conversation.stores import (
     MemoryStore,
     Snapshot,
 )
-from perfkit.conversation.window import WindowLimits, WindowOverflow
+from perfkit.conversation.window import ConversationConflict, WindowLimits, WindowOverflow
 
 __all__ = [
     "AppendResult",
+    "ConversationConflict",
     "ConversationMemory",
     "ConversationStats",
     "ConversationStore",

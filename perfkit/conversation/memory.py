@@ -40,6 +40,14 @@ def _count(name: str, value: object) -> int | None:
     return value
 
 
+def _expected(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected_seq must be an int >= 0 or None, got {value!r}")
+    return value
+
+
 @dataclass(slots=True)
 class ConversationStats:
     appended: int = 0
@@ -226,29 +234,37 @@ class ConversationMemory:
         name: str | None = None,
         tool_call_id: str | None = None,
         tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        expected_seq: int | None = None,
     ) -> Message:
         """Append one message (trimming the window in the same step); returns it with
         its store-issued ``seq`` and token count."""
         message = {"role": role, "content": content, "pinned": pinned, "name": name,
                    "tool_call_id": tool_call_id, "tool_calls": tool_calls}
-        return self.extend(conversation_id, [message])[0]
+        return self.extend(conversation_id, [message], expected_seq=expected_seq)[0]
 
     def extend(
-        self, conversation_id: str, messages: Iterable[Mapping[str, Any] | Message]
+        self, conversation_id: str, messages: Iterable[Mapping[str, Any] | Message], *,
+        expected_seq: int | None = None,
     ) -> list[Message]:
-        """Append several messages (e.g. a whole turn) in one atomic write."""
+        """Append several messages (e.g. a whole turn) in one atomic write.
+
+        ``expected_seq`` (optimistic concurrency): write only if the conversation is still
+        at that sequence number (``snapshot(...).last_seq``), else raise
+        :class:`ConversationConflict` and write nothing — one active turn at a time.
+        """
         key = self._key(conversation_id)
         built = self._build(messages)
+        seq = _expected(expected_seq)
         self._check_sync_hook()
         try:
-            result = self.store.append(key, built, self.limits)
+            result = self.store.append(key, built, self.limits, seq)
         except WindowOverflow:
             fixed = self._truncated(built[0], self._pinned_tokens(self.store.read(
                 key, self.limits))) if len(built) == 1 else None
             if fixed is None:
                 self.stats.rejected += 1
                 raise
-            result = self.store.append(key, [fixed], self.limits)
+            result = self.store.append(key, [fixed], self.limits, seq)
         self.stats.appended += len(result.stored)
         self.stats.evicted += len(result.evicted)
         self._run_hook(conversation_id, result.evicted)
@@ -285,18 +301,21 @@ class ConversationMemory:
         name: str | None = None,
         tool_call_id: str | None = None,
         tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        expected_seq: int | None = None,
     ) -> Message:
         message = {"role": role, "content": content, "pinned": pinned, "name": name,
                    "tool_call_id": tool_call_id, "tool_calls": tool_calls}
-        return (await self.aextend(conversation_id, [message]))[0]
+        return (await self.aextend(conversation_id, [message], expected_seq=expected_seq))[0]
 
     async def aextend(
-        self, conversation_id: str, messages: Iterable[Mapping[str, Any] | Message]
+        self, conversation_id: str, messages: Iterable[Mapping[str, Any] | Message], *,
+        expected_seq: int | None = None,
     ) -> list[Message]:
         key = self._key(conversation_id)
         built = self._build(messages)
+        seq = _expected(expected_seq)
         try:
-            result = await self.store.aappend(key, built, self.limits)
+            result = await self.store.aappend(key, built, self.limits, seq)
         except WindowOverflow:
             fixed = None
             if len(built) == 1:
@@ -305,7 +324,7 @@ class ConversationMemory:
             if fixed is None:
                 self.stats.rejected += 1
                 raise
-            result = await self.store.aappend(key, [fixed], self.limits)
+            result = await self.store.aappend(key, [fixed], self.limits, seq)
         self.stats.appended += len(result.stored)
         self.stats.evicted += len(result.evicted)
         self._start_hook(conversation_id, result.evicted)

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.conversation.messages import Message
 from perfkit.conversation.stores import AppendResult, Snapshot
-from perfkit.conversation.window import WindowLimits, WindowOverflow
+from perfkit.conversation.window import ConversationConflict, WindowLimits, WindowOverflow
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
 _OVERFLOW_TAG = "PERFKIT_WINDOW_OVERFLOW"
+_CONFLICT_TAG = "PERFKIT_SEQ_CONFLICT"
 
 # Shared prologue: server clock, max-age expiry, the TTL to set.
 _PROLOGUE = """
@@ -71,13 +72,18 @@ local function refresh(born)
 end
 """
 
-# ARGV: idle_ms, max_age_ms, max_messages, max_tokens, n, then n x (tokens, kind, body).
+# ARGV: idle_ms, max_age_ms, max_messages, max_tokens, expected_seq, n, then
+# n x (tokens, kind, body).
 # -1 means "no limit". Returns {first_seq, evicted_seq_1, evicted_body_1, ...}.
 _APPEND = _PROLOGUE + """
 local max_messages = tonumber(ARGV[3])
 local max_tokens = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local expected = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 local seq0 = tonumber(redis.call('HGET', meta_key, 'seq') or '0')
+if expected >= 0 and seq0 ~= expected then
+  return redis.error_reply('""" + _CONFLICT_TAG + """ ' .. seq0)
+end
 local headers = redis.call('LRANGE', log_key, 0, -1)
 local seqs, toks, kinds = {}, {}, {}
 local count, total = 0, 0
@@ -88,7 +94,7 @@ for i, h in ipairs(headers) do
 end
 local existing = count
 for j = 1, n do
-  local base = 5 + (j - 1) * 3
+  local base = 6 + (j - 1) * 3
   count = count + 1
   seqs[count] = tostring(seq0 + j); toks[count] = tonumber(ARGV[base + 1])
   kinds[count] = ARGV[base + 2]
@@ -156,9 +162,9 @@ end
 for j = 1, n do
   local i = existing + j
   if gone[i] then
-    table.insert(result, seqs[i]); table.insert(result, ARGV[5 + (j - 1) * 3 + 3])
+    table.insert(result, seqs[i]); table.insert(result, ARGV[6 + (j - 1) * 3 + 3])
   else
-    redis.call('HSET', body_key, seqs[i], ARGV[5 + (j - 1) * 3 + 3])
+    redis.call('HSET', body_key, seqs[i], ARGV[6 + (j - 1) * 3 + 3])
   end
 end
 local function header(i) return seqs[i] .. '|' .. toks[i] .. '|' .. kinds[i] end
@@ -298,11 +304,13 @@ class RedisStore:
 
     # -- argument building and result parsing, shared by sync and async ----------------
     @staticmethod
-    def _append_args(messages: Sequence[Message], limits: WindowLimits) -> list[Any]:
+    def _append_args(messages: Sequence[Message], limits: WindowLimits,
+                     expected_seq: int | None) -> list[Any]:
         args: list[Any] = [
             _ms(limits.ttl), _ms(limits.max_age),
             -1 if limits.max_messages is None else limits.max_messages,
             -1 if limits.max_tokens is None else limits.max_tokens,
+            -1 if expected_seq is None else expected_seq,
             len(messages),
         ]
         for m in messages:
@@ -322,7 +330,9 @@ class RedisStore:
         messages = [Message.decode(int(raw[i]), raw[i + 1]) for i in range(1, len(raw), 2)]
         return Snapshot(messages=messages, summary=summary)
 
-    def _overflow(self, exc: Exception) -> Exception:
+    def _overflow(self, exc: Exception, expected_seq: int | None) -> Exception:
+        if _CONFLICT_TAG in str(exc):
+            return ConversationConflict(expected_seq, int(str(exc).rsplit(" ", 1)[-1]))
         if _OVERFLOW_TAG in str(exc):
             count, total = str(exc).rsplit(" ", 2)[-2:]
             return WindowOverflow(
@@ -338,12 +348,14 @@ class RedisStore:
                 summary or ""]
 
     # -- sync ---------------------------------------------------------------------------
-    def append(self, key: str, messages: Sequence[Message], limits: WindowLimits) -> AppendResult:
+    def append(self, key: str, messages: Sequence[Message], limits: WindowLimits,
+               expected_seq: int | None = None) -> AppendResult:
         script = self._sync("append")
         try:
-            raw = script(keys=self.keys(key), args=self._append_args(messages, limits))
+            raw = script(keys=self.keys(key),
+                         args=self._append_args(messages, limits, expected_seq))
         except self._redis.ResponseError as exc:
-            raise self._overflow(exc) from None
+            raise self._overflow(exc, expected_seq) from None
         return self._append_result(messages, raw)
 
     def read(self, key: str, limits: WindowLimits) -> Snapshot:
@@ -360,13 +372,15 @@ class RedisStore:
 
     # -- async --------------------------------------------------------------------------
     async def aappend(
-        self, key: str, messages: Sequence[Message], limits: WindowLimits
+        self, key: str, messages: Sequence[Message], limits: WindowLimits,
+        expected_seq: int | None = None,
     ) -> AppendResult:
         script = self._async("append")
         try:
-            raw = await script(keys=self.keys(key), args=self._append_args(messages, limits))
+            raw = await script(keys=self.keys(key),
+                               args=self._append_args(messages, limits, expected_seq))
         except self._redis.ResponseError as exc:
-            raise self._overflow(exc) from None
+            raise self._overflow(exc, expected_seq) from None
         return self._append_result(messages, raw)
 
     async def aread(self, key: str, limits: WindowLimits) -> Snapshot:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from perfkit.conversation.messages import Message
-from perfkit.conversation.window import WindowLimits, plan_eviction
+from perfkit.conversation.window import ConversationConflict, WindowLimits, plan_eviction
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +33,19 @@ class Snapshot:
     messages: list[Message]
     summary: str | None
 
+    @property
+    def last_seq(self) -> int:
+        """The store's sequence number after the newest message (0 for a new
+        conversation): pass it as ``expected_seq`` to append only if nobody else has."""
+        return self.messages[-1].seq if self.messages else 0
+
 
 @runtime_checkable
 class ConversationStore(Protocol):
     """Storage for conversation windows. ``key`` is already namespaced and validated."""
 
-    def append(self, key: str, messages: Sequence[Message], limits: WindowLimits) -> AppendResult:
+    def append(self, key: str, messages: Sequence[Message], limits: WindowLimits,
+               expected_seq: int | None = None) -> AppendResult:
         ...
 
     def read(self, key: str, limits: WindowLimits) -> Snapshot: ...
@@ -48,7 +55,8 @@ class ConversationStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     async def aappend(
-        self, key: str, messages: Sequence[Message], limits: WindowLimits
+        self, key: str, messages: Sequence[Message], limits: WindowLimits,
+        expected_seq: int | None = None,
     ) -> AppendResult: ...
 
     async def aread(self, key: str, limits: WindowLimits) -> Snapshot: ...
@@ -118,12 +126,15 @@ class MemoryStore:
             del self._conversations[oldest_key]
             self.dropped_conversations += 1
 
-    def append(self, key: str, messages: Sequence[Message], limits: WindowLimits) -> AppendResult:
+    def append(self, key: str, messages: Sequence[Message], limits: WindowLimits,
+               expected_seq: int | None = None) -> AppendResult:
         with self._lock:
             now = self._clock()
             conv = self._live(key, limits, now)
             existing = conv.messages if conv is not None else []
             seq = conv.seq if conv is not None else 0
+            if expected_seq is not None and seq != expected_seq:
+                raise ConversationConflict(expected_seq, seq)
             stored = [replace(m, seq=seq + i + 1) for i, m in enumerate(messages)]
             window = existing + stored
             drop = plan_eviction(
@@ -169,9 +180,10 @@ class MemoryStore:
             self._conversations.pop(key, None)
 
     async def aappend(
-        self, key: str, messages: Sequence[Message], limits: WindowLimits
+        self, key: str, messages: Sequence[Message], limits: WindowLimits,
+        expected_seq: int | None = None,
     ) -> AppendResult:
-        return self.append(key, messages, limits)
+        return self.append(key, messages, limits, expected_seq)
 
     async def aread(self, key: str, limits: WindowLimits) -> Snapshot:
         return self.read(key, limits)

@@ -30,6 +30,16 @@ class WindowOverflow(ValueError):
     """The newest message(s) cannot fit the window even after evicting everything else."""
 
 
+class ConversationConflict(RuntimeError):
+    """Another writer appended first: the conversation is not at ``expected_seq`` (409)."""
+
+    def __init__(self, expected_seq: int | None, actual_seq: int) -> None:
+        super().__init__(f"conversation moved on: expected_seq={expected_seq}, "
+                         f"the store is at seq {actual_seq}; re-read and retry the turn")
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+
+
 @dataclass(frozen=True, slots=True)
 class WindowLimits:
     """Limits and lifetimes a store enforces on every write (``None`` = no limit)."""
