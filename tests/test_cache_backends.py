@@ -99,3 +99,26 @@ async def test_async_decorator_on_every_backend_across_event_loops(backend, uniq
     assert await load.acache_invalidate(1) is True
     assert await load(1) == {"x": 1}
     assert calls == [1, 1]
+
+
+def test_namespaces_that_prefix_each_other_stay_apart(backend, unique_ns):
+    outer, inner = unique_ns, unique_ns + ":v2"
+    backend.set((outer, "i", 1), "outer", 10)
+    backend.set((inner, "i", 1), "inner", 10)
+    assert backend.count_namespace(outer) == 1
+    assert backend.clear_namespace(outer) == 1
+    assert backend.get((inner, "i", 1)) == "inner"
+    backend.clear_namespace(inner)
+
+
+def test_switching_stale_ttl_on_and_off_never_mixes_entry_shapes(backend, unique_ns):
+    def plain(x):
+        return f"v{x}"
+
+    first = cached(ttl=30, backend=backend, namespace=unique_ns)(plain)
+    second = cached(ttl=30, stale_ttl=60, backend=backend, namespace=unique_ns)(plain)
+    assert first("ab") == "vab"
+    assert second("ab") == "vab"  # not an envelope, not a TypeError
+    assert first("ab") == "vab"
+    first.cache_clear()
+    second.cache_clear()

@@ -121,7 +121,7 @@ def test_async_redis_across_event_loops(redis_url, unique_ns):
 
 
 def _process_worker(url, namespace, counter_key, barrier, results):
-    backend = RedisBackend(url)
+    backend = RedisBackend(url, socket_timeout=5)
     client = redis.Redis.from_url(url)
 
     @cached(ttl=60, backend=backend, namespace=namespace)
@@ -334,3 +334,192 @@ def test_aiocache_adapter_refuses_sync_functions():
         @cached(backend=AiocacheBackend(Cache(Cache.MEMORY)))
         def f():
             return 1
+
+
+def _l1_reader(url, namespace, channel, ready, done, results):
+    tiered = TieredBackend(MemoryBackend(100), RedisBackend(url), channel=channel)
+    tiered._listener.subscribed.wait(5)
+
+    @cached(ttl=60, backend=tiered, namespace=namespace)
+    def value(x):
+        return ("child", x)
+
+    results.put(value(1))  # read through into this process's L1
+    ready.set()
+    done.wait(10)
+    key = value.cache_key(1)
+    results.put(wait_until(lambda: tiered.l1.get(key) is MISSING, timeout=5))
+    tiered.close()
+
+
+def test_invalidation_reaches_another_real_process(redis_url, unique_ns):
+    channel = f"{unique_ns}:inval"
+    tiered = TieredBackend(MemoryBackend(100), RedisBackend(redis_url), channel=channel)
+
+    @cached(ttl=60, backend=tiered, namespace=unique_ns)
+    def value(x):
+        return ("parent", x)
+
+    assert value(1) == ("parent", 1)
+    ctx = multiprocessing.get_context("spawn")
+    ready, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_l1_reader,
+                        args=(redis_url, unique_ns, channel, ready, done, results))
+    child.start()
+    try:
+        assert results.get(timeout=30) == ("parent", 1)  # the child cached our value in its L1
+        assert ready.wait(10)
+        value.cache_invalidate(1)
+        done.set()
+        assert results.get(timeout=30) is True  # and dropped it when we invalidated
+    finally:
+        child.join(timeout=10)
+        tiered.close()
+
+
+# -- review findings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_undecodable_payload_degrades_instead_of_raising(redis_url, unique_ns, serializer):
+    backend = RedisBackend(redis_url, serializer=serializer)
+    calls = []
+
+    @cached(ttl=30, backend=backend, namespace=unique_ns)
+    def f(x):
+        calls.append(x)
+        return [x]
+
+    f(1)
+    client = redis.Redis.from_url(redis_url)
+    client.set(backend._key(f.cache_key(1)), b"\x80\x05not a payload")
+    assert f(1) == [1]  # recomputed, nothing raised
+    assert calls == [1, 1]
+    assert f(1) == [1] and calls == [1, 1]  # and the fresh value replaced the bad one
+    f.cache_clear()
+
+
+def test_stale_while_revalidate_on_redis_uses_the_wall_clock(redis_url, unique_ns):
+    calls = []
+
+    @cached(ttl=0.2, stale_ttl=30, backend=RedisBackend(redis_url), namespace=unique_ns)
+    def version():
+        calls.append(1)
+        return len(calls)
+
+    assert version() == 1
+    time.sleep(0.3)
+    assert version() == 1  # stale, served at once
+    assert wait_until(lambda: version() == 2)
+    assert len(calls) == 2
+    version.cache_clear()
+
+
+def test_asyncio_run_in_a_loop_keeps_a_bounded_number_of_clients(redis_url, unique_ns):
+    backend = RedisBackend(redis_url)
+
+    @cached(ttl=30, backend=backend, namespace=unique_ns)
+    async def f(x):
+        return x
+
+    for i in range(30):
+        assert asyncio.run(f(i)) == i
+    assert len(backend._async_clients) <= 8
+    f.cache_clear()
+
+
+def test_after_an_outage_one_caller_probes_while_the_others_fail_fast(redis_server, unique_ns):
+    import signal
+
+    backend = RedisBackend(redis_server.url, retry_interval=0.3, socket_timeout=0.25)
+
+    @cached(ttl=60, backend=backend, namespace=unique_ns)
+    def f(x):
+        return x
+
+    f(1)
+    redis_server.proc.send_signal(signal.SIGSTOP)  # hangs: every call would time out
+    try:
+        f(2)  # opens the breaker
+        time.sleep(0.35)  # past retry_interval: the next call probes
+        durations = []
+
+        def call():
+            start = time.monotonic()
+            f(3)
+            durations.append(time.monotonic() - start)
+
+        threads = [threading.Thread(target=call) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        slow = [d for d in durations if d > 0.2]
+        assert len(durations) == 20
+        assert len(slow) <= 2  # one probe pays the timeout (its compute + store), not 20
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+
+def test_tiered_does_not_keep_in_l1_what_l2_cannot_store(redis_url, unique_ns):
+    tiered = TieredBackend(MemoryBackend(10), RedisBackend(redis_url), listen=False)
+
+    @cached(ttl=10, backend=tiered, namespace=unique_ns)
+    def make_lock():
+        return threading.Lock()
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="cannot store"):
+            make_lock()
+
+
+async def test_aiocache_adapter_honours_sub_second_ttls(unique_ns):
+    from aiocache import Cache
+
+    calls = []
+
+    @cached(ttl=0.2, backend=AiocacheBackend(Cache(Cache.MEMORY)), namespace=unique_ns)
+    async def f():
+        calls.append(1)
+        return len(calls)
+
+    assert await f() == 1
+    await asyncio.sleep(0.35)
+    assert await f() == 2
+
+
+def _async_process_worker(url, namespace, counter_key, barrier, results):
+    client = redis.Redis.from_url(url)
+
+    # generous timeout: this test is about single flight, not about a loaded machine
+    @cached(ttl=60, backend=RedisBackend(url, socket_timeout=5), namespace=namespace)
+    async def expensive(x):
+        client.incr(counter_key)
+        await asyncio.sleep(0.3)
+        return x * 2
+
+    async def burst():
+        return await asyncio.gather(*(expensive(21) for _ in range(100)))
+
+    barrier.wait()
+    results.put(asyncio.run(burst()))
+
+
+def test_200_async_callers_in_2_processes_compute_once(redis_url, unique_ns):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    counter_key = f"{unique_ns}:computations"
+    procs = [ctx.Process(target=_async_process_worker,
+                         args=(redis_url, unique_ns, counter_key, barrier, results))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    outputs = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert [len(o) for o in outputs] == [100, 100]
+    assert {v for o in outputs for v in o} == {42}
+    client = redis.Redis.from_url(redis_url)
+    assert int(client.get(counter_key)) == 1
+    client.delete(counter_key)
+    RedisBackend(redis_url).clear_namespace(unique_ns)

@@ -534,3 +534,175 @@ def test_memory_backend_is_consistent_under_thread_churn():
         t.join()
     assert errors == []
     assert len(backend) <= 50
+
+
+# -- edge cases found in review -------------------------------------------------------------
+
+
+def test_controls_on_methods_match_the_calls_in_every_binding():
+    calls = []
+
+    class A:
+        @cached
+        def f(self, x):
+            calls.append(("f", x))
+            return x
+
+        @cached
+        @classmethod
+        def c(cls, x):
+            calls.append(("c", x))
+            return x
+
+        @cached
+        @staticmethod
+        def s(x):
+            calls.append(("s", x))
+            return x
+
+    a = A()
+    a.f(1), A.c(1), a.s(1)
+    assert A.f.cache_key(a, 1) == a.f.cache_key(1)
+    assert a.c.cache_key(1) == A.c.cache_key(1)
+    assert A.f.cache_invalidate(a, 1) is True
+    assert a.c.cache_invalidate(1) is True
+    assert a.s.cache_invalidate(1) is True
+    a.f(1), A.c(1), a.s(1)
+    assert len(calls) == 6  # every invalidation really dropped the entry the call used
+
+
+async def test_kill_switch_keeps_controls_on_methods_and_async(monkeypatch):
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    calls = []
+
+    class A:
+        @cached
+        def f(self, x):
+            calls.append(x)
+            return x
+
+        @cached
+        @classmethod
+        def c(cls, x):
+            return x
+
+    @cached
+    async def g(x):
+        calls.append(x)
+        return x
+
+    a = A()
+    a.f(1), a.f(1), await g(2), await g(2)
+    assert calls == [1, 1, 2, 2]
+    assert a.f.cache_invalidate(1) is False
+    assert A.c.cache_invalidate(1) is False
+    assert await g.acache_invalidate(2) is False
+
+
+def test_float_keys_follow_repr_not_equality():
+    import math
+
+    @cached
+    def sign(x):
+        return math.copysign(1, x)
+
+    assert sign(0.0) == 1.0
+    assert sign(-0.0) == -1.0  # 0.0 == -0.0 in Python, but not for this function
+    calls = []
+
+    @cached
+    def g(x, y=1.0):
+        calls.append(x)
+        return x
+
+    nan = float("nan")
+    g(nan), g(nan), g(nan, 1.0)
+    assert len(calls) == 1  # nan != nan, yet one entry
+
+
+def test_named_tuples_and_sequence_subclasses_hash_by_value():
+    from collections import namedtuple
+
+    Point = namedtuple("Point", "x y")
+
+    class Path(list):
+        pass
+
+    @cached
+    def length(p):
+        return len(p)
+
+    assert length(Point(1, 2)) == length(Point(1, 2)) == 2
+    assert length.cache_stats().misses == 1
+    assert length(Path([1, 2, 3])) == 3
+    assert length.cache_key(Point(1, 2)) != length.cache_key((1, 2))
+    loop = [1]
+    loop.append(loop)
+    with pytest.raises(TypeError, match="itself"):
+        length(loop)
+
+
+async def test_sync_function_returning_a_coroutine_is_refused():
+    async def fetch(x):
+        return x
+
+    @cached
+    def wrapper(x):
+        return fetch(x)
+
+    with pytest.raises(TypeError, match="async def"):
+        wrapper(1)
+
+
+async def test_callables_without_a_name_need_a_namespace():
+    import functools
+
+    async def fetch(a, b):
+        return a + b
+
+    with pytest.raises(TypeError, match="namespace"):
+        cached(functools.partial(fetch, 1))
+    bound = cached(namespace="fetch-plus-one")(functools.partial(fetch, 1))
+    assert await bound(2) == 3
+
+    class Client:
+        async def __call__(self, x):
+            return x * 2
+
+    doubler = cached(namespace="doubler")(Client())
+    assert await doubler(4) == 8
+
+
+def test_stale_while_revalidate_refreshes_once_under_many_threads():
+    clock = FakeClock()
+    calls = []
+    gate = threading.Event()
+
+    @cached(ttl=10, stale_ttl=100, backend=MemoryBackend(10, timer=clock))
+    def price():
+        calls.append(1)
+        if len(calls) > 1:
+            gate.wait(5)
+        return len(calls)
+
+    price()
+    clock.now += 11
+    barrier = threading.Barrier(32)
+    results = []
+
+    def reader():
+        barrier.wait()
+        results.append(price())
+
+    threads = [threading.Thread(target=reader) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gate.set()
+    assert results == [1] * 32
+    for _ in range(200):
+        if price.cache_stats().misses == 2:
+            break
+        threading.Event().wait(0.01)
+    assert len(calls) == 2

@@ -70,7 +70,13 @@ class CachedFunction(Protocol[P, R_co]):
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Key: ...
 
-    # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds).
+    # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds);
+    # classmethods bind ``cls`` from either side; anything else (staticmethods) is as is.
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[type[S], P2], R2], instance: Any, owner: type[S]
+    ) -> CachedFunction[P2, R2]: ...
+
     @overload
     def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
 
@@ -79,10 +85,36 @@ class CachedFunction(Protocol[P, R_co]):
         self: CachedFunction[Concatenate[S, P2], R2], instance: S, owner: type[Any] | None = None
     ) -> CachedFunction[P2, R2]: ...
 
+    @overload
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Self: ...
+
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
 
 
 InstanceKey = Callable[[Any], Hashable] | Literal["shared"] | None
+
+
+class _Decorator(Protocol):
+    """What ``cached(...)`` returns; keeps class- and staticmethods typed as such."""
+
+    @overload
+    def __call__(self, func: staticmethod[P, R], /) -> staticmethod[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, func: classmethod[S, P, R], /) -> classmethod[S, P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> CachedFunction[P, R]: ...
+
+    def __call__(self, func: Any, /) -> Any: ...
+
+
+@overload
+def cached(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...  # type: ignore[overload-overlap]
+
+
+@overload
+def cached(func: classmethod[S, P, R], /) -> classmethod[S, P, R]: ...
 
 
 @overload
@@ -102,11 +134,11 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+) -> _Decorator: ...
 
 
 def cached(
-    func: Callable[..., Any] | None = None,
+    func: Any = None,
     /,
     *,
     ttl: float | None = None,
@@ -211,35 +243,48 @@ def _decorate(target: Any, options: _Options) -> Any:
         raise TypeError(f"cached() decorates functions, got {target!r}")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         raise TypeError(
-            f"cached() cannot cache generator {func.__qualname__}: its values are produced "
+            f"cached() cannot cache generator {_name(func)}: its values are produced "
             "lazily and can be consumed once; return a list instead"
         )
-    is_async = inspect.iscoroutinefunction(func)
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        type(func).__call__  # a callable object with an async __call__
+    )
     backend = options.backend
     if not is_async and not backend.supports_sync:
-        raise TypeError(
-            f"{type(backend).__name__} is async-only; {func.__qualname__} is a sync function"
-        )
-    namespace = options.namespace or default_namespace(func)
-    if options.namespace is None and not backend.is_local and "<" in namespace:
-        raise ValueError(
-            f"{namespace} is a lambda or local function: its name is not unique across "
-            "processes; pass namespace=... to cache it in a shared backend"
-        )
+        raise TypeError(f"{type(backend).__name__} is async-only; {_name(func)} is a sync function")
+    namespace = options.namespace
+    if namespace is None:
+        if not hasattr(func, "__qualname__"):
+            raise TypeError(
+                f"cannot name {func!r} for its cache keys (no __qualname__); pass namespace=..."
+            )
+        namespace = default_namespace(func)
+        if not backend.is_local and "<" in namespace:
+            raise ValueError(
+                f"{namespace} is a lambda or local function: its name is not unique across "
+                "processes; pass namespace=... to cache it in a shared backend"
+            )
     if options.version is not None:
         version = _code_version(func) if options.version == "auto" else options.version
         namespace = f"{namespace}@{version}"
+    if options.stale_ttl is not None:
+        namespace += "~swr"  # entries are (fresh_until, value): never mix with plain ones
 
     core = _Core(func, namespace, options)
-    if os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on"):
-        wrapper = _passthrough(func, core, is_async)
-    elif descriptor is not None or _defined_in_class(func):
-        wrapper = _method_wrapper(target, core, is_async)
-        return wrapper  # wrapt already binds classmethod/staticmethod correctly
+    disabled = os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on")
+    if descriptor is not None or _defined_in_class(func):
+        # wrapt binds methods, classmethods and staticmethods correctly
+        return _method_wrapper(target, core, is_async, disabled)
+    if disabled:
+        wrapper = _passthrough(func, is_async)
     else:
         wrapper = _async_wrapper(func, core) if is_async else _sync_wrapper(func, core)
     _attach(wrapper, core)
-    return descriptor(wrapper) if descriptor is not None else wrapper
+    return wrapper
+
+
+def _name(func: Any) -> str:
+    return str(getattr(func, "__qualname__", None) or repr(func))
 
 
 def _defined_in_class(func: Callable[..., Any]) -> bool:
@@ -294,7 +339,6 @@ class _Core:
         self.clock: Callable[[], float] = getattr(self.backend, "timer", time.time)
         self._refreshing: set[Hashable] = set()
         self._refreshing_lock = threading.Lock()
-        self._background: set[asyncio.Task[Any]] = set()
 
     # -- keys for methods ---------------------------------------------------------------
     def method_key(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
@@ -406,6 +450,13 @@ class _Core:
         start = time.perf_counter()
         value = self.func(*args, **kwargs)
         self.stats.compute_seconds += time.perf_counter() - start
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()
+            raise TypeError(
+                f"cached {self.namespace}: a sync function returned an awaitable, which can "
+                "be awaited only once; make it an async def so the result is cached"
+            )
         self.store(key, value)
         return value
 
@@ -701,7 +752,7 @@ def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     return general_wrapper
 
 
-def _passthrough(func: Callable[..., Any], core: _Core, is_async: bool) -> Callable[..., Any]:
+def _passthrough(func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     """The kill switch: call through, keep the cache controls so callers do not break."""
     if is_async:
 
@@ -741,25 +792,32 @@ def _attach(wrapper: Any, core: _Core) -> None:
 
 
 class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
-    """``obj.method`` as wrapt binds it: cache controls know their instance."""
+    """``obj.method`` as wrapt binds it: cache controls resolve the instance as a call does."""
 
-    def _owner(self) -> Any:
-        instance = self._self_instance
-        if instance is None and self._self_binding in ("classmethod",):
-            instance = self._self_owner
-        return instance
+    def _resolve(self, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        # Mirrors wrapt's BoundFunctionWrapper.__call__, so controls and calls agree.
+        if self._self_binding in ("function", "callable"):
+            instance = self._self_instance
+            if instance is None and args and isinstance(args[0], self._self_owner):
+                return args[0], args[1:]
+            return instance, args
+        return getattr(self.__wrapped__, "__self__", None), args
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
+        instance, rest = self._resolve(args)
+        core: _Core = self._self_parent._self_core
+        return core.method_key(instance, rest, kwargs)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> Key:
-        core: _Core = self._self_parent._self_core
-        return core.method_key(self._owner(), args, kwargs)
+        return self._key(args, kwargs)
 
     def cache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         core: _Core = self._self_parent._self_core
-        return core.invalidate(core.method_key(self._owner(), args, kwargs))
+        return core.invalidate(self._key(args, kwargs))
 
     async def acache_invalidate(self, *args: Any, **kwargs: Any) -> bool:
         core: _Core = self._self_parent._self_core
-        return await core.ainvalidate(core.method_key(self._owner(), args, kwargs))
+        return await core.ainvalidate(self._key(args, kwargs))
 
     def cache_clear(self) -> int:
         return int(self._self_parent._self_core.clear())
@@ -799,8 +857,14 @@ class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         return self._self_core.snapshot()
 
 
-def _method_wrapper(target: Any, core: _Core, is_async: bool) -> Any:
+def _method_wrapper(target: Any, core: _Core, is_async: bool, disabled: bool) -> Any:
     method_key, stats = core.method_key, core.stats
+    if disabled:  # the kill switch: call through, keep the controls
+
+        def passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            return wrapped(*args, **kwargs)
+
+        return _CachedMethod(target, passthrough, core)
     missing = MISSING
     swr = core.stale_ttl is not None
     clock = core.clock

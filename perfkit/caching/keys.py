@@ -68,15 +68,31 @@ class UnkeyableArgument(TypeError):
 def canonical(value: Any, where: str = "argument") -> Hashable:
     """A type-tagged nested tuple of scalars that is equal iff the values are equal.
 
-    Raises :class:`UnkeyableArgument` naming ``where`` for values with no stable
-    identity across processes (plain objects, functions, open files...).
+    Floats are kept as their ``repr``, so ``0.0`` and ``-0.0`` differ and ``nan`` equals
+    itself. Raises :class:`UnkeyableArgument` naming ``where`` for values with no stable
+    identity across processes (plain objects, functions, open files, cycles...).
     """
+    try:
+        return _canonical(value, where)
+    except RecursionError:
+        raise UnkeyableArgument(
+            f"cannot build a cache key from {where}: it is nested too deeply or contains "
+            "itself; pass key=... to cached()"
+        ) from None
+
+
+def _canonical(value: Any, where: str) -> Hashable:
+    canonical = _canonical
     t = type(value)
     code = _SCALAR_CODES.get(t)
     if code is not None:
-        return (code, value)
+        return (code, float.__repr__(value) if t is float else value)
     if t is tuple or t is list:
         return (t.__name__, tuple(canonical(v, where) for v in value))
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return ("namedtuple", _type_name(t), tuple(canonical(v, where) for v in value))
+    if isinstance(value, (list, tuple)):
+        return (_type_name(t), tuple(canonical(v, where) for v in value))
     if isinstance(value, Mapping):
         items = [(canonical(k, where), canonical(v, where)) for k, v in value.items()]
         return ("dict", tuple(sorted(items, key=repr)))
@@ -155,9 +171,12 @@ def shared_key(key: Key, prefix: str = "perfkit:") -> str:
 
 
 def namespace_pattern(namespace: str, prefix: str = "perfkit:") -> str:
-    """A SCAN pattern matching every shared key of ``namespace`` (glob-escaped)."""
+    """A SCAN pattern matching the shared keys of ``namespace`` and of no other one.
+
+    The hash part is exactly 32 characters, so ``svc`` never matches ``svc:v2:<hash>``.
+    """
     escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in namespace)
-    return f"{prefix}{escaped}:*"
+    return f"{prefix}{escaped}:" + "?" * 32
 
 
 def default_namespace(func: Callable[..., Any]) -> str:
@@ -205,13 +224,15 @@ class KeyBuilder:
         namespace, arity, slow = self.namespace, self._fast_arity, self._bound_key
         required = self._required
         defaults = self._defaults
-        scalar_codes, codes_for = _SCALAR_CODES, _codes_for
+        scalar_codes, codes_for, float_repr = _SCALAR_CODES, _codes_for, float.__repr__
         if arity == 1 and required == 1:
 
             def build1(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
                 if not kwargs and len(args) == 1:
                     code = scalar_codes.get(type(args[0]))
                     if code is not None:
+                        if code == "f":  # by repr: 0.0 != -0.0, nan == nan
+                            return (namespace, code, float_repr(args[0]))
                         return (namespace, code, args[0])
                 return slow(args, kwargs)
 
@@ -224,6 +245,8 @@ class KeyBuilder:
                     args = args + defaults[n:]
                 codes = codes_for(tuple(map(type, args)))
                 if codes is not None:
+                    if "f" in codes:
+                        args = tuple(float_repr(a) if type(a) is float else a for a in args)
                     return (namespace, codes, *args)
             return slow(args, kwargs)
 
@@ -260,7 +283,9 @@ class KeyBuilder:
                 codes.append("c")
             else:
                 code = _SCALAR_CODES.get(type(value))
-                if code is None:
+                if code == "f":
+                    value = float.__repr__(value)
+                elif code is None:
                     value = canonical(value, f"parameter {param.name!r}")
                     code = "c"
                 codes.append(code)

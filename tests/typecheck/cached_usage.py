@@ -31,3 +31,24 @@ async def use() -> None:
     assert_type(Repo().get(1), str)
     add("x")  # E: wrong argument type
     add.cache_invalidate(1, c=2)  # E: unexpected keyword
+
+
+class Shapes:
+    @cached
+    @classmethod
+    def build(cls, size: int) -> str:
+        return cls.__name__ * size
+
+    @classmethod
+    @cached
+    def build2(cls, size: int) -> str:
+        return cls.__name__ * size
+
+
+def use_shapes() -> None:
+    assert_type(Shapes.build(2), str)
+    assert_type(Shapes().build(2), str)
+    assert_type(Shapes.build2(2), str)
+    assert_type(Repo().get.cache_invalidate(1), bool)
+    Shapes.build("x")  # E: wrong argument type
+    Repo().get("x")  # E: wrong argument type

@@ -8,11 +8,14 @@ already bounds an outage.
 
 memcached cannot list keys, so ``clear_namespace`` bumps a per-namespace generation that
 is part of every key; other processes see a bump within ``generation_ttl`` seconds.
+Nothing is stored without expiry (``ttl=None`` means ``max_ttl``); memcached rounds TTLs
+up to whole seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -32,12 +35,16 @@ class AiocacheBackend(Backend):
         prefix: str = "perfkit:",
         retry_interval: float = 1.0,
         generation_ttl: float = 1.0,
+        max_ttl: float = 86400.0,
     ) -> None:
         if not all(hasattr(cache, name) for name in ("get", "set", "delete")):
             raise TypeError(f"cache must be an aiocache cache object, got {cache!r}")
         self.cache = cache
         self.prefix = prefix
         self.generation_ttl = generation_ttl
+        self.max_ttl = max_ttl
+        # memcached counts expiry in whole seconds; the other aiocache caches take floats
+        self._whole_seconds = "memcached" in type(cache).__name__.lower()
         self.guard = OutageGuard(
             f"aiocache {type(cache).__name__}",
             retry_interval,
@@ -72,7 +79,11 @@ class AiocacheBackend(Backend):
     async def aset(self, key: Key, value: Any, ttl: float | None) -> None:
         skey = await self._key(key)
         with self.guard:
-            await self.cache.set(skey, (value,), ttl=None if ttl is None else max(1, round(ttl)))
+            await self.cache.set(skey, (value,), ttl=self._ttl(ttl))
+
+    def _ttl(self, ttl: float | None) -> float:
+        seconds = self.max_ttl if ttl is None else min(ttl, self.max_ttl)
+        return math.ceil(seconds) if self._whole_seconds else seconds
 
     async def adelete(self, key: Key) -> bool:
         skey = await self._key(key)
@@ -82,7 +93,9 @@ class AiocacheBackend(Backend):
     async def aclear_namespace(self, namespace: str) -> int:
         generation = await self._generation(namespace) + 1
         with self.guard:
-            await self.cache.set(f"{self.prefix}gen:{namespace}", (generation,))
+            await self.cache.set(
+                f"{self.prefix}gen:{namespace}", (generation,), ttl=self._ttl(self.max_ttl)
+            )
         self._generations[namespace] = (generation, time.monotonic() + self.generation_ttl)
         return 0  # memcached cannot count what it dropped
 

@@ -64,6 +64,7 @@ class MemoryBackend(Backend):
         self._bytes = 0
         self._evictions = 0
         self.rejected = 0
+        self._sets = 0
         self.probe = self.get
 
     def get(self, key: Key) -> Any:
@@ -103,6 +104,14 @@ class MemoryBackend(Backend):
             self._data[key] = (value, deadline, size)
             self._bytes += size
             self._evict_locked()
+            self._sets += 1
+            if self.maxsize is None and self._sets % 1024 == 0:
+                self._sweep_locked()  # unbounded by count: drop expired entries now and then
+
+    def _sweep_locked(self) -> None:
+        now = self.timer()
+        for k in [k for k, e in self._data.items() if e[1] is not None and e[1] <= now]:
+            self._bytes -= self._data.pop(k)[2]
 
     def _evict_locked(self) -> None:
         data = self._data

@@ -37,8 +37,13 @@ class OutageGuard:
 
     def __enter__(self) -> None:
         """``with guard:`` around one server call (works around ``await`` too)."""
-        if self._down_until and time.monotonic() < self._down_until:
-            raise BackendError(f"{self.name} is down (retrying shortly)")
+        if self._down_until:
+            now = time.monotonic()
+            with self._lock:
+                if now < self._down_until:
+                    raise BackendError(f"{self.name} is down (retrying shortly)")
+                # Half-open: this caller probes; the others keep failing fast meanwhile.
+                self._down_until = now + self.retry_interval
 
     def __exit__(
         self,

@@ -23,12 +23,13 @@ import hmac
 import json
 import pickle
 import secrets
-import weakref
 from typing import Any, Literal
 
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.outage import OutageGuard
 from perfkit.caching.keys import namespace_pattern, shared_key
+
+_MAX_LOOPS = 8
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -74,16 +75,14 @@ class RedisBackend(Backend):
         self._redis = _redis()
         self.url = url
         self.prefix = prefix
-        self.lock_prefix = prefix.rstrip(":") + "-lock:"
+        self.lock_prefix = prefix + "lock:"
         self.serializer = serializer
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self.socket_timeout = socket_timeout
         self.max_ttl = max_ttl
         self.retry_interval = retry_interval
         self._sync_client: Any = None
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
         self.guard = OutageGuard(
             f"Redis at {url}",
             retry_interval,
@@ -112,13 +111,29 @@ class RedisBackend(Backend):
 
     @property
     def aclient(self) -> Any:
-        """The asyncio client of the running event loop."""
+        """The asyncio client of the running event loop.
+
+        A client belongs to the loop it first ran on. Clients of loops that have closed
+        are dropped when a new loop asks (at most ``_MAX_LOOPS`` are kept), so
+        ``asyncio.run`` in a loop or per-test event loops do not pile up connections;
+        call :meth:`aclose` before a loop ends to close its connections cleanly.
+        """
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._redis.asyncio.Redis.from_url(self.url, **self._client_kwargs())
-            self._async_clients[loop] = client
+        entry = self._async_clients.get(id(loop))
+        if entry is not None and entry[0] is loop:
+            return entry[1]
+        for ident, (other, _client) in list(self._async_clients.items()):
+            if other.is_closed() or len(self._async_clients) >= _MAX_LOOPS:
+                del self._async_clients[ident]
+        client = self._redis.asyncio.Redis.from_url(self.url, **self._client_kwargs())
+        self._async_clients[id(loop)] = (loop, client)
         return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client (call it before the loop ends)."""
+        entry = self._async_clients.pop(id(asyncio.get_running_loop()), None)
+        if entry is not None:
+            await entry[1].aclose()
 
     @property
     def errors(self) -> int:
@@ -157,9 +172,13 @@ class RedisBackend(Backend):
             if not hmac.compare_digest(signature, expected):
                 self.guard.errors += 1
                 raise BackendError("payload signature mismatch: refusing to deserialise it")
-        if self.serializer == "json":
-            return json.loads(raw)
-        return pickle.loads(raw)
+        try:
+            if self.serializer == "json":
+                return json.loads(raw)
+            return pickle.loads(raw)
+        except Exception as exc:  # truncated, foreign, or a class renamed since it was stored
+            self.guard.errors += 1
+            raise BackendError(f"cannot decode the stored payload: {exc!r}") from exc
 
     def _px(self, ttl: float | None) -> int:
         seconds = self.max_ttl if ttl is None else min(ttl, self.max_ttl)

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from perfkit.caching.backends.base import MISSING, Backend, Key
+from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.memory import MemoryBackend
 
 logger = logging.getLogger("perfkit.cache.tiered")
@@ -39,6 +39,7 @@ class TieredBackend(Backend):
         l1_ttl: float | None = 60.0,
         channel: str = "perfkit:invalidate",
         listen: bool = True,
+        subscribe_timeout: float = 1.0,
     ) -> None:
         if l2 is None:
             raise ValueError("l2 is required: the shared tier (e.g. RedisBackend(url))")
@@ -61,6 +62,9 @@ class TieredBackend(Backend):
         if listen and hasattr(l2, "client") and hasattr(l2, "publish"):
             self._listener = _Listener(self)
             self._listener.start()
+            # Subscribe before first use, so no invalidation sent from now on is missed
+            # (bounded: a Redis that is down must not block start-up).
+            self._listener.subscribed.wait(subscribe_timeout)
 
     @property
     def timer(self) -> Any:
@@ -107,12 +111,21 @@ class TieredBackend(Backend):
 
     # -- writes ----------------------------------------------------------------------
     def set(self, key: Key, value: Any, ttl: float | None) -> None:
+        # L2 first: a value it cannot serialise must not live on in L1 alone.
+        try:
+            self.l2.set(key, value, ttl)
+        except BackendError:
+            self.l1.set(key, value, self._l1_ttl(ttl))  # L2 down: L1 keeps working
+            raise
         self.l1.set(key, value, self._l1_ttl(ttl))
-        self.l2.set(key, value, ttl)
 
     async def aset(self, key: Key, value: Any, ttl: float | None) -> None:
+        try:
+            await self.l2.aset(key, value, ttl)
+        except BackendError:
+            self.l1.set(key, value, self._l1_ttl(ttl))
+            raise
         self.l1.set(key, value, self._l1_ttl(ttl))
-        await self.l2.aset(key, value, ttl)
 
     def delete(self, key: Key) -> bool:
         local = self.l1.delete(key)
