@@ -64,8 +64,10 @@ def test_two_processes_appending_lose_nothing(redis_url: str, unique_ns: str) ->
     all_seqs = outputs[0]["seqs"] + outputs[1]["seqs"]
     # the store issued every sequence number exactly once
     assert sorted(all_seqs) == list(range(1, 2 * n + 1))
-    # each writer's messages are in its own order
+    # each writer's messages are in its own order, and the two really ran at once
     assert all(o["seqs"] == sorted(o["seqs"]) for o in outputs)
+    a, b = outputs[0]["seqs"], outputs[1]["seqs"]
+    assert max(a) > min(b) and max(b) > min(a), "the writers did not overlap"
     # the window is exactly the 40 newest messages, in store order
     assert [m.seq for m in window] == list(range(2 * n - 39, 2 * n + 1))
     # and every message is either in the window or was handed to on_evict, once
