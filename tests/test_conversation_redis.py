@@ -27,7 +27,9 @@ WORKER = textwrap.dedent(
         max_messages=40, backend=RedisStore(url, prefix=prefix),
         on_evict=lambda cid, ms: evicted.extend(m.content for m in ms),
     )
-    redis.Redis.from_url(url).blpop([start_key], timeout=30)  # both start together
+    r = redis.Redis.from_url(url)
+    r.rpush(start_key + ":ready", worker)  # a barrier: both are imported and connected
+    r.blpop([start_key], timeout=30)  # ... and start together
     for i in range(int(n)):
         seqs.append(mem.append("shared", "user", f"w{worker}-{i}").seq)
     print(json.dumps({"evicted": evicted, "seqs": seqs}))
@@ -48,6 +50,8 @@ def test_two_processes_appending_lose_nothing(redis_url: str, unique_ns: str) ->
     ]
     client = redis.Redis.from_url(redis_url)
     try:
+        for _ in procs:
+            assert client.blpop([f"{start_key}:ready"], timeout=30) is not None
         client.rpush(start_key, "go", "go")
         outputs = []
         for p in procs:
@@ -58,7 +62,7 @@ def test_two_processes_appending_lose_nothing(redis_url: str, unique_ns: str) ->
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        client.delete(start_key)
+        client.delete(start_key, f"{start_key}:ready")
     mem = ConversationMemory(max_messages=40, backend=RedisStore(redis_url, prefix=prefix))
     window = mem.snapshot("shared").messages
     all_seqs = outputs[0]["seqs"] + outputs[1]["seqs"]

@@ -270,30 +270,35 @@ class RedisStore:
         self._async_scripts: dict[str, Any] = {}
 
     # clients are created lazily so a store can be built at import time without I/O
+    def _sync_client(self) -> Any:
+        if self._client is None:
+            assert self.url is not None
+            self._client = self._redis.Redis.from_url(
+                self.url, socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+            )
+        return self._client
+
+    def _aclient(self) -> Any:
+        if self._async_client is None:
+            if self.url is None:
+                raise ValueError("this RedisStore has no url= or async_client= for async use")
+            self._async_client = self._redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+            )
+        return self._async_client
+
     def _sync(self, name: str) -> Any:
         script = self._scripts.get(name)
         if script is None:
-            if self._client is None:
-                assert self.url is not None
-                self._client = self._redis.Redis.from_url(
-                    self.url, socket_timeout=self._socket_timeout,
-                    socket_connect_timeout=self._socket_timeout,
-                )
-            script = self._client.register_script(_SOURCES[name])
-            self._scripts[name] = script
+            script = self._scripts[name] = self._sync_client().register_script(_SOURCES[name])
         return script
 
     def _async(self, name: str) -> Any:
         script = self._async_scripts.get(name)
         if script is None:
-            if self._async_client is None:
-                if self.url is None:
-                    raise ValueError("this RedisStore has no url= or async_client= for async use")
-                self._async_client = self._redis.asyncio.Redis.from_url(
-                    self.url, socket_timeout=self._socket_timeout,
-                    socket_connect_timeout=self._socket_timeout,
-                )
-            script = self._async_client.register_script(_SOURCES[name])
+            script = self._aclient().register_script(_SOURCES[name])
             self._async_scripts[name] = script
         return script
 
@@ -366,9 +371,7 @@ class RedisStore:
         self._sync("summary")(keys=self.keys(key), args=self._summary_args(summary, limits))
 
     def delete(self, key: str) -> None:
-        self._sync("read")  # ensures the client exists
-        assert self._client is not None
-        self._client.delete(*self.keys(key))
+        self._sync_client().delete(*self.keys(key))
 
     # -- async --------------------------------------------------------------------------
     async def aappend(
@@ -393,9 +396,7 @@ class RedisStore:
         await script(keys=self.keys(key), args=self._summary_args(summary, limits))
 
     async def adelete(self, key: str) -> None:
-        self._async("read")
-        assert self._async_client is not None
-        await self._async_client.delete(*self.keys(key))
+        await self._aclient().delete(*self.keys(key))
 
     def close(self) -> None:
         if self._client is not None:

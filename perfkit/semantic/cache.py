@@ -361,8 +361,7 @@ class SemanticCache:
                 index = self._partition(entry.partition, emb_id, len(vector), create=True)
                 assert index is not None
             while len(self._lru) >= self.max_entries:
-                _, oldest = self._lru.popitem(last=False)
-                self._lru[id(oldest)] = oldest  # _drop removes it again
+                oldest = next(iter(self._lru.values()))  # least recently served
                 if self._expired(oldest):
                     self._drop(oldest, expired=True)
                 else:
