@@ -17,7 +17,11 @@ from perfkit.caching import (
     TieredBackend,
     cached,
 )
+from perfkit.circuit import CircuitBreaker, CircuitOpenError
 from perfkit.conversation import ConversationMemory
+from perfkit.metrics import REGISTRY, Registry
+from perfkit.retrying import RetryBudget, retry
+from perfkit.timing import timed
 
 if TYPE_CHECKING:
     from perfkit.semantic import SemanticCache
@@ -25,16 +29,23 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "REGISTRY",
     "AiocacheBackend",
     "Backend",
     "BackendError",
     "CacheStats",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConversationMemory",
     "MemoryBackend",
     "RedisBackend",
+    "Registry",
+    "RetryBudget",
     "SemanticCache",
     "TieredBackend",
     "cached",
+    "retry",
+    "timed",
 ]
 
 

@@ -706,3 +706,25 @@ def test_stale_while_revalidate_refreshes_once_under_many_threads():
             break
         threading.Event().wait(0.01)
     assert len(calls) == 2
+
+
+def test_stats_are_exported_to_the_registry_at_scrape_time():
+    from perfkit.metrics import Registry
+
+    registry = Registry()
+
+    @cached(namespace="exported-fn", registry=registry)
+    def f(x):
+        return x
+
+    f(1), f(1), f(2)
+    text = registry.render_prometheus()
+    assert 'perfkit_cache_hits_total{function="exported-fn"} 1' in text
+    assert 'perfkit_cache_misses_total{function="exported-fn"} 2' in text
+
+    @cached(registry=None)
+    def g(x):
+        return x
+
+    g(1)
+    assert "test_stats_are_exported" not in registry.render_prometheus()

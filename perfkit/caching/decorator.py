@@ -34,6 +34,7 @@ from perfkit.caching.backends.memory import MemoryBackend
 from perfkit.caching.keys import KeyBuilder, canonical, default_namespace
 from perfkit.caching.singleflight import TaskFlights, ThreadFlights
 from perfkit.caching.stats import CacheStats, Counters
+from perfkit.metrics import REGISTRY, Registry
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")
@@ -134,6 +135,7 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
+    registry: Registry | None = ...,
 ) -> _Decorator: ...
 
 
@@ -151,6 +153,7 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
+    registry: Registry | None = _UNSET,
 ) -> Any:
     """Cache a function's results. See the README's caching section for every option.
 
@@ -174,6 +177,8 @@ def cached(
       instances share entries.
     - ``lock_lease``: seconds a cross-process compute lock lives in a shared backend (a
       crashed holder blocks others at most this long).
+    - ``registry``: the metrics registry the statistics are exported to, read at scrape time
+      (default ``perfkit.REGISTRY``; ``None`` for none).
     """
     _check_ttl("ttl", ttl)
     _check_ttl("stale_ttl", stale_ttl)
@@ -202,7 +207,7 @@ def cached(
     options = _Options(
         ttl=ttl, backend=backend, key=key, namespace=namespace, stale_ttl=stale_ttl,
         ttl_jitter=float(ttl_jitter), version=version, instance_key=instance_key,
-        lock_lease=lock_lease,
+        lock_lease=lock_lease, registry=REGISTRY if registry is _UNSET else registry,
     )
     if func is None:
         return lambda f: _decorate(f, options)
@@ -222,6 +227,7 @@ class _Options:
     version: str | None
     instance_key: InstanceKey
     lock_lease: float
+    registry: Registry | None
 
 
 def _check_ttl(name: str, value: float | None) -> None:
@@ -271,6 +277,8 @@ def _decorate(target: Any, options: _Options) -> Any:
         namespace += "~swr"  # entries are (fresh_until, value): never mix with plain ones
 
     core = _Core(func, namespace, options)
+    if options.registry is not None:
+        _export_stats(core, options.registry)
     disabled = os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on")
     if descriptor is not None or _defined_in_class(func):
         # wrapt binds methods, classmethods and staticmethods correctly
@@ -285,6 +293,28 @@ def _decorate(target: Any, options: _Options) -> Any:
 
 def _name(func: Any) -> str:
     return str(getattr(func, "__qualname__", None) or repr(func))
+
+
+_EXPORTED = (
+    ("perfkit_cache_hits", "Calls served from the cache", "hits"),
+    ("perfkit_cache_misses", "Calls that computed their value", "misses"),
+    ("perfkit_cache_joins", "Calls that waited for another caller's computation", "joins"),
+    ("perfkit_cache_stale_serves", "Stale values served while refreshing", "stale_serves"),
+    ("perfkit_cache_backend_errors", "Backend failures the cache absorbed", "backend_errors"),
+    ("perfkit_cache_compute_seconds", "Time spent computing misses", "compute_seconds"),
+)
+
+
+def _export_stats(core: _Core, registry: Registry) -> None:
+    """Counters read at scrape time: nothing is added to the call path. Holds the core
+    weakly, so decorating throwaway functions (tests) does not keep them alive."""
+    ref = weakref.ref(core)
+    for name, help_text, field in _EXPORTED:
+        def read(field: str = field) -> float:
+            alive = ref()
+            return float(getattr(alive.stats, field)) if alive is not None else 0.0
+
+        registry.counter(name, help_text, ("function",)).labels(core.namespace).set_function(read)
 
 
 def _defined_in_class(func: Callable[..., Any]) -> bool:
