@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
 from perfkit import ConversationMemory
 from perfkit.conversation import MemoryStore, Message, RedisStore, WindowOverflow, approx_tokens
@@ -257,12 +258,6 @@ def test_defaults() -> None:
 
 
 # -- in-process specifics -----------------------------------------------------------------
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_memory_store_caps_conversations_lru() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 
 from perfkit import SemanticCache
 from perfkit.semantic import (
@@ -27,12 +28,6 @@ from perfkit.semantic import (
 CTX = {"tenant": "acme", "model": "gpt-x", "temperature": 0.0}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- lookup order -------------------------------------------------------------------------
