@@ -330,3 +330,16 @@ def test_expected_seq_allows_one_active_turn(make: Factory) -> None:
     assert mem.snapshot("c").last_seq == 2
     with pytest.raises(ValueError, match="expected_seq"):
         mem.append("c", "user", "x", expected_seq=-1)
+
+
+def test_export_metrics_reads_live_counters() -> None:
+    from perfkit.metrics import Registry
+
+    registry = Registry()
+    mem = ConversationMemory(max_messages=2)
+    mem.export_metrics("chat", registry)
+    for i in range(3):
+        mem.append("c", "user", f"q{i}")
+    text = registry.render_prometheus()
+    assert 'perfkit_conversation_appended_total{memory="chat"} 3' in text
+    assert 'perfkit_conversation_evicted_total{memory="chat"} 1' in text

@@ -402,3 +402,19 @@ def test_compression_configuration_is_validated() -> None:
         SemanticCache(compress=1)
     with pytest.raises(ValueError, match="compress_after"):
         SemanticCache(compress=8, compress_after=2)
+
+
+def test_export_metrics_reads_live_counters() -> None:
+    from perfkit.metrics import Registry
+
+    registry = Registry()
+    cache = SemanticCache(price=0.5, tokens=10)
+    cache.export_metrics("faq", registry)
+    cache.set("What is Docker?", "containers", context=CTX)
+    cache.get("what is docker", context=CTX)
+    cache.get("What is Kubernetes?", context=CTX)
+    text = registry.render_prometheus()
+    assert 'perfkit_semantic_hits_total{cache="faq"} 1' in text
+    assert 'perfkit_semantic_misses_total{cache="faq"} 1' in text
+    assert 'perfkit_semantic_cost_saved_total{cache="faq"} 0.5' in text
+    assert 'perfkit_semantic_entries{cache="faq"} 1' in text

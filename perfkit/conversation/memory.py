@@ -18,6 +18,7 @@ from perfkit.conversation.messages import (
 )
 from perfkit.conversation.stores import ConversationStore, MemoryStore, Snapshot
 from perfkit.conversation.window import WindowLimits, WindowOverflow
+from perfkit.metrics import REGISTRY, Registry
 
 logger = logging.getLogger("perfkit.conversation")
 
@@ -346,6 +347,21 @@ class ConversationMemory:
 
     async def aclear(self, conversation_id: str) -> None:
         await self.store.adelete(self._key(conversation_id))
+
+    def export_metrics(self, name: str, registry: Registry | None = None) -> None:
+        """Expose append/evict/reject counters in a metrics registry (default
+        ``perfkit.REGISTRY``) under the label ``memory=name``, read at scrape time."""
+        reg = registry if registry is not None else REGISTRY
+        s = self.stats
+        for metric, help_text, read in (
+            ("perfkit_conversation_appended", "Messages appended", lambda: s.appended),
+            ("perfkit_conversation_evicted", "Messages trimmed out of windows", lambda: s.evicted),
+            ("perfkit_conversation_rejected", "Writes refused (window overflow)",
+             lambda: s.rejected),
+            ("perfkit_conversation_truncated", "Messages truncated to fit", lambda: s.truncated),
+            ("perfkit_conversation_hook_errors", "on_evict failures", lambda: s.hook_errors),
+        ):
+            reg.counter(metric, help_text, labels=("memory",)).labels(name).set_function(read)
 
     @staticmethod
     def _pinned_tokens(snapshot: Snapshot) -> int:

@@ -31,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
+from perfkit.metrics import REGISTRY, Registry
 from perfkit.semantic.embedders import Embedder, HashingEmbedder, embedder_id
 from perfkit.semantic.index import PartitionIndex
 from perfkit.semantic.shared import RedisSync, decode_vector, encode_vector
@@ -580,6 +581,27 @@ class SemanticCache:
                 "shared_skipped": s.shared_skipped,
                 "shared_errors": self.shared.errors if self.shared is not None else 0,
             }
+
+    def export_metrics(self, name: str, registry: Registry | None = None) -> None:
+        """Expose this cache's counters in a metrics registry (default
+        ``perfkit.REGISTRY``) under the label ``cache=name``, read at scrape time."""
+        reg = registry if registry is not None else REGISTRY
+        s = self._stats
+        counters: dict[str, tuple[str, Callable[[], float]]] = {
+            "perfkit_semantic_hits": ("Semantic cache hits (exact and similar)", lambda: s.hits),
+            "perfkit_semantic_misses": ("Semantic cache misses", lambda: s.misses),
+            "perfkit_semantic_guard_rejections": (
+                "Similar entries refused by the lexical guard", lambda: s.guard_rejections),
+            "perfkit_semantic_evictions": ("Entries evicted by max_entries", lambda: s.evictions),
+            "perfkit_semantic_tokens_saved": ("Tokens not spent thanks to hits",
+                                              lambda: s.tokens_saved),
+            "perfkit_semantic_cost_saved": ("Money not spent thanks to hits",
+                                            lambda: s.cost_saved),
+        }
+        for metric, (help_text, read) in counters.items():
+            reg.counter(metric, help_text, labels=("cache",)).labels(name).set_function(read)
+        reg.gauge("perfkit_semantic_entries", "Entries held", labels=("cache",)).labels(
+            name).set_function(lambda: float(len(self._lru)))
 
     # -- decorator ----------------------------------------------------------------------
     def cached(
