@@ -343,3 +343,26 @@ def test_export_metrics_reads_live_counters() -> None:
     text = registry.render_prometheus()
     assert 'perfkit_conversation_appended_total{memory="chat"} 3' in text
     assert 'perfkit_conversation_evicted_total{memory="chat"} 1' in text
+
+
+def test_a_failing_evict_hook_does_not_fail_the_write(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(cid: str, messages: list[Message]) -> None:
+        raise RuntimeError("summariser down")
+
+    mem = ConversationMemory(max_messages=1, on_evict=broken)
+    mem.append("c", "user", "q0")
+    with caplog.at_level("ERROR", logger="perfkit.conversation"):
+        stored = mem.append("c", "user", "q1")
+    assert stored.seq == 2 and [m["content"] for m in mem.get("c")] == ["q1"]
+    assert mem.stats.hook_errors == 1 and "summariser down" in caplog.text
+
+
+async def test_async_truncation_and_overflow() -> None:
+    mem = ConversationMemory(max_messages=None, max_tokens=4, token_counter=words,
+                             oversize="truncate")
+    stored = await mem.aappend("c", "user", "one two three four five six")
+    assert stored.content == "one two three four"
+    strict = ConversationMemory(max_messages=None, max_tokens=4, token_counter=words)
+    with pytest.raises(WindowOverflow):
+        await strict.aappend("c", "user", "one two three four five six")
+    assert await strict.aget("c") == []

@@ -181,7 +181,7 @@ class ConversationMemory:
                 lo = mid
             else:
                 hi = mid - 1
-        content = message.content[:lo]
+        content = message.content[:lo].rstrip()
         self.stats.truncated += 1
         return Message(role=message.role, content=content, tokens=self.token_counter(content),
                        name=message.name, tool_call_id=message.tool_call_id,
