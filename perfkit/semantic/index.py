@@ -3,10 +3,11 @@ matrix-vector product. Entries live in a slot list beside it; the search path to
 only numpy arrays.
 
 With compression (a projection basis fitted by the cache), rows are searched in the
-projected space and re-ranked on float16 copies of the full vectors. The projection
-keeps, per row, the norm of what it dropped, so ``projected + |q_rest| * |x_rest|`` is an
-upper bound of the true similarity (Cauchy-Schwarz): rows whose bound is below the
-threshold cannot match, and the rest are re-scored exactly. Compression changes speed and
+projected space and re-ranked on float16 copies of the full vectors. Each projected row
+carries one extra column, the norm of what the projection dropped, and the query carries
+its own, so one product gives ``projected + |q_rest| * |x_rest|``: an upper bound of the
+true similarity (Cauchy-Schwarz). Rows whose bound is below the threshold cannot match;
+the rest are re-scored exactly. Compression changes speed and
 memory, not which entries can hit (up to float16 rounding, ~1e-3).
 """
 
@@ -18,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 
 _INITIAL_ROWS = 4
-_EINSUM_MAX_ELEMENTS = 16_000_000
 MAX_RERANK = 256  # re-scored rows per lookup when compression cannot narrow further
 
 F32 = npt.NDArray[np.float32]
@@ -28,7 +28,7 @@ class PartitionIndex:
     """Rows ``0..size`` of ``vectors``; freed rows are zeroed (similarity 0) and reused."""
 
     __slots__ = ("_free", "_scores", "basis", "dim", "embedder_id", "entries", "exact", "full",
-                 "residual", "size", "vectors")
+                 "size", "vectors")
 
     def __init__(self, embedder_id: str, dim: int, basis: F32 | None = None) -> None:
         self.embedder_id = embedder_id
@@ -39,7 +39,6 @@ class PartitionIndex:
         self._free: list[int] = []
         self.basis: F32 | None = None
         self.full: npt.NDArray[np.float16] | None = None
-        self.residual: F32 | None = None
         self.vectors: F32 = np.zeros((_INITIAL_ROWS, dim), dtype=np.float32)
         self._scores: F32 = np.zeros(_INITIAL_ROWS, dtype=np.float32)
         if basis is not None:
@@ -50,18 +49,25 @@ class PartitionIndex:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.vectors, self.full, self.residual)
+        arrays = (self.vectors, self.full, self._scores)
         return sum(a.nbytes for a in arrays if a is not None)
 
     def compress(self, basis: F32) -> None:
         """Switch to projected search with ``basis`` (dim x k, orthonormal columns)."""
         full = self.vectors
-        projected = np.ascontiguousarray(full @ basis, dtype=np.float32)
-        rest = np.einsum("ij,ij->i", full, full) - np.einsum("ij,ij->i", projected, projected)
-        self.residual = np.sqrt(np.maximum(rest, 0.0)).astype(np.float32)
+        self.vectors = self._project(full, basis)
         self.full = full.astype(np.float16)
-        self.vectors = projected
         self.basis = basis
+
+    @staticmethod
+    def _project(rows: F32, basis: F32) -> F32:
+        """``[rows @ basis | norm of the rest]`` for each row (zero rows stay zero)."""
+        k = basis.shape[1]
+        out = np.zeros((len(rows), k + 1), dtype=np.float32)
+        out[:, :k] = rows @ basis
+        rest = np.einsum("ij,ij->i", rows, rows) - np.einsum("ij,ij->i", out, out)
+        out[:, k] = np.sqrt(np.maximum(rest, 0.0))
+        return out
 
     def _grow(self) -> None:
         def grown(a: Any) -> Any:
@@ -74,7 +80,6 @@ class PartitionIndex:
         self._scores = np.zeros(len(self.vectors), dtype=np.float32)
         if self.full is not None:
             self.full = grown(self.full)
-            self.residual = grown(self.residual)
 
     def add(self, vector: F32, normalized: str, entry: Any) -> int:
         old = self.exact.get(normalized)
@@ -91,12 +96,9 @@ class PartitionIndex:
         if self.basis is None:
             self.vectors[slot] = vector
         else:
-            assert self.full is not None and self.residual is not None
-            projected = vector @ self.basis
-            self.vectors[slot] = projected
+            assert self.full is not None
+            self.vectors[slot] = self._project(vector[None, :], self.basis)[0]
             self.full[slot] = vector
-            self.residual[slot] = np.sqrt(max(0.0, float(vector @ vector)
-                                              - float(projected @ projected)))
         self.entries[slot] = entry
         self.exact[normalized] = slot
         return slot
@@ -107,9 +109,8 @@ class PartitionIndex:
             return None
         self.entries[slot] = None
         self.vectors[slot] = 0.0
-        if self.full is not None and self.residual is not None:
+        if self.full is not None:
             self.full[slot] = 0.0
-            self.residual[slot] = 0.0
         self.exact.pop(entry.normalized, None)
         if slot == self.size - 1:
             self.size -= 1
@@ -119,16 +120,9 @@ class PartitionIndex:
         return entry
 
     def _dot(self, matrix: F32, query: F32) -> F32:
-        # Into a preallocated buffer, no allocation per lookup. Up to ~16M
-        # elements einsum's single-threaded SIMD loop wins: BLAS gemv spreads a small
-        # product over threads and waits for them, which costs milliseconds as soon as
-        # the cores are busy. Above that, BLAS's bandwidth wins (measured on 2 cores).
-        rows = matrix[: self.size]
+        """``matrix[:size] @ query`` into a preallocated buffer (no allocation per lookup)."""
         out = self._scores[: self.size]
-        if rows.size <= _EINSUM_MAX_ELEMENTS:
-            np.einsum("ij,j->i", rows, query, out=out)
-        else:
-            np.dot(rows, query, out=out)
+        np.dot(matrix[: self.size], query, out=out)
         return out
 
     def candidates(self, query: F32, threshold: float, k: int) -> list[tuple[int, float]]:
@@ -138,23 +132,16 @@ class PartitionIndex:
         if self.basis is not None:
             return self._compressed_candidates(query, threshold, k)
         sims = self._dot(self.vectors, query)
-        best = int(np.argmax(sims))
-        if sims[best] < threshold:
-            return []
-        if k == 1 or self.size == 1:
-            return [(best, min(1.0, float(sims[best])))]
-        k = min(k, self.size)
-        top = np.argpartition(sims, -k)[-k:]
-        top = top[np.argsort(sims[top])[::-1]]
-        return [(int(s), min(1.0, float(sims[s]))) for s in top if sims[s] >= threshold]
+        rows = np.flatnonzero(sims >= threshold)
+        if rows.size > k:
+            rows = rows[np.argpartition(sims[rows], -k)[-k:]]
+        rows = rows[np.argsort(sims[rows])[::-1]]
+        return [(int(r), min(1.0, float(sims[r]))) for r in rows]
 
     def _compressed_candidates(self, query: F32, threshold: float, k: int) -> list[
             tuple[int, float]]:
-        assert self.basis is not None and self.full is not None and self.residual is not None
-        q_projected = query @ self.basis
-        q_rest = float(np.sqrt(max(0.0, float(query @ query) - float(q_projected @ q_projected))))
-        upper = self._dot(self.vectors, q_projected)
-        upper += q_rest * self.residual[: self.size]
+        assert self.basis is not None and self.full is not None
+        upper = self._dot(self.vectors, self._project(query[None, :], self.basis)[0])
         rows = np.flatnonzero(upper >= threshold)
         if rows.size == 0:
             return []
