@@ -3,12 +3,13 @@ matrix-vector product. Entries live in a slot list beside it; the search path to
 only numpy arrays.
 
 With compression (a projection basis fitted by the cache), rows are searched in the
-projected space and re-ranked on float16 copies of the full vectors. Each projected row
-carries one extra column, the norm of what the projection dropped, and the query carries
-its own, so one product gives ``projected + |q_rest| * |x_rest|``: an upper bound of the
-true similarity (Cauchy-Schwarz). Rows whose bound is below the threshold cannot match;
-the rest are re-scored exactly. Compression changes speed and
-memory, not which entries can hit (up to float16 rounding, ~1e-3).
+projected space and re-ranked on float16 copies of the full vectors. Each row keeps the
+norm of what the projection dropped, so ``projected + |q_rest| * |x_rest|`` is an upper
+bound of the true similarity (Cauchy-Schwarz). Rows whose bound is below the threshold
+cannot match; the rest are re-scored exactly. (The norms live in their own array: an
+extra matrix column makes rows 65 floats wide, which slows gemv by a third.)
+Compression changes speed and memory, not which entries can hit (up to float16 rounding,
+~1e-3).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ F32 = npt.NDArray[np.float32]
 class PartitionIndex:
     """Rows ``0..size`` of ``vectors``; freed rows are zeroed (similarity 0) and reused."""
 
-    __slots__ = ("_free", "_scores", "basis", "dim", "embedder_id", "entries", "exact", "full",
-                 "size", "vectors")
+    __slots__ = ("_free", "_scores", "_spare", "basis", "dim", "embedder_id", "entries", "exact",
+                 "full", "residual", "size", "vectors")
 
     def __init__(self, embedder_id: str, dim: int, basis: F32 | None = None) -> None:
         self.embedder_id = embedder_id
@@ -39,6 +40,8 @@ class PartitionIndex:
         self._free: list[int] = []
         self.basis: F32 | None = None
         self.full: npt.NDArray[np.float16] | None = None
+        self.residual: F32 | None = None
+        self._spare: F32 | None = None
         self.vectors: F32 = np.zeros((_INITIAL_ROWS, dim), dtype=np.float32)
         self._scores: F32 = np.zeros(_INITIAL_ROWS, dtype=np.float32)
         if basis is not None:
@@ -49,25 +52,23 @@ class PartitionIndex:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.vectors, self.full, self._scores)
+        arrays = (self.vectors, self.full, self.residual, self._scores, self._spare)
         return sum(a.nbytes for a in arrays if a is not None)
 
     def compress(self, basis: F32) -> None:
         """Switch to projected search with ``basis`` (dim x k, orthonormal columns)."""
         full = self.vectors
-        self.vectors = self._project(full, basis)
+        self.vectors, self.residual = self._project(full, basis)
         self.full = full.astype(np.float16)
+        self._spare = np.zeros(len(full), dtype=np.float32)
         self.basis = basis
 
     @staticmethod
-    def _project(rows: F32, basis: F32) -> F32:
-        """``[rows @ basis | norm of the rest]`` for each row (zero rows stay zero)."""
-        k = basis.shape[1]
-        out = np.zeros((len(rows), k + 1), dtype=np.float32)
-        out[:, :k] = rows @ basis
-        rest = np.einsum("ij,ij->i", rows, rows) - np.einsum("ij,ij->i", out, out)
-        out[:, k] = np.sqrt(np.maximum(rest, 0.0))
-        return out
+    def _project(rows: F32, basis: F32) -> tuple[F32, F32]:
+        """``rows @ basis`` and, per row, the norm of the part the projection drops."""
+        projected = np.ascontiguousarray(rows @ basis, dtype=np.float32)
+        rest = np.einsum("ij,ij->i", rows, rows) - np.einsum("ij,ij->i", projected, projected)
+        return projected, np.sqrt(np.maximum(rest, 0.0)).astype(np.float32)
 
     def _grow(self) -> None:
         def grown(a: Any) -> Any:
@@ -80,6 +81,8 @@ class PartitionIndex:
         self._scores = np.zeros(len(self.vectors), dtype=np.float32)
         if self.full is not None:
             self.full = grown(self.full)
+            self.residual = grown(self.residual)
+            self._spare = np.zeros(len(self.vectors), dtype=np.float32)
 
     def add(self, vector: F32, normalized: str, entry: Any) -> int:
         old = self.exact.get(normalized)
@@ -96,8 +99,10 @@ class PartitionIndex:
         if self.basis is None:
             self.vectors[slot] = vector
         else:
-            assert self.full is not None
-            self.vectors[slot] = self._project(vector[None, :], self.basis)[0]
+            assert self.full is not None and self.residual is not None
+            projected, rest = self._project(vector[None, :], self.basis)
+            self.vectors[slot] = projected[0]
+            self.residual[slot] = rest[0]
             self.full[slot] = vector
         self.entries[slot] = entry
         self.exact[normalized] = slot
@@ -109,8 +114,9 @@ class PartitionIndex:
             return None
         self.entries[slot] = None
         self.vectors[slot] = 0.0
-        if self.full is not None:
+        if self.full is not None and self.residual is not None:
             self.full[slot] = 0.0
+            self.residual[slot] = 0.0
         self.exact.pop(entry.normalized, None)
         if slot == self.size - 1:
             self.size -= 1
@@ -141,7 +147,13 @@ class PartitionIndex:
     def _compressed_candidates(self, query: F32, threshold: float, k: int) -> list[
             tuple[int, float]]:
         assert self.basis is not None and self.full is not None
-        upper = self._dot(self.vectors, self._project(query[None, :], self.basis)[0])
+        assert self.residual is not None and self._spare is not None
+        projected, rest = self._project(query[None, :], self.basis)
+        upper = self._dot(self.vectors, projected[0])
+        if rest[0] > 0:
+            spare = self._spare[: self.size]
+            np.multiply(self.residual[: self.size], rest[0], out=spare)
+            upper += spare
         rows = np.flatnonzero(upper >= threshold)
         if rows.size == 0:
             return []
