@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from perfkit.caching import (
+    AdaptiveMemoryBackend,
     AiocacheBackend,
     Backend,
     BackendError,
     CacheStats,
+    DiskBackend,
     MemoryBackend,
+    Prefetch,
     RedisBackend,
     TieredBackend,
     cached,
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "AdaptiveMemoryBackend",
     "AiocacheBackend",
     "Backend",
     "BackendError",
@@ -37,7 +41,9 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ConversationMemory",
+    "DiskBackend",
     "MemoryBackend",
+    "Prefetch",
     "RedisBackend",
     "Registry",
     "RetryBudget",

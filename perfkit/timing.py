@@ -43,6 +43,7 @@ from typing_extensions import ParamSpec
 
 from perfkit._wrapping import decoratable, wrap
 from perfkit.metrics import REGISTRY, HistogramSeries, Registry
+from perfkit.spans import record_span
 
 __all__ = ["Timer", "timed"]
 
@@ -105,11 +106,19 @@ class Timer:
 
         def observe_other(outcome: str, seconds: float) -> None:
             histogram.labels(name, outcome).observe(seconds)
+            record_span(name, seconds, outcome)
 
         if self.budget_ms is None:
-            return ok.observe, observe_other
-        watch = _BudgetWatch(name, ok, self.budget_ms, self.budget_interval, self.registry)
-        return watch.observe, observe_other
+            observe = ok.observe
+        else:
+            observe = _BudgetWatch(name, ok, self.budget_ms, self.budget_interval,
+                                   self.registry).observe
+
+        def observe_ok(seconds: float) -> None:
+            observe(seconds)
+            record_span(name, seconds)  # a Server-Timing span when TimingMiddleware collects
+
+        return observe_ok, observe_other
 
     # -- decorator ----------------------------------------------------------------------
 

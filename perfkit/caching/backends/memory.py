@@ -13,6 +13,7 @@ cached list mutates the cache. Cache immutable values, or copy in your function.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from perfkit.caching.backends.base import MISSING, Backend, Key
+
+logger = logging.getLogger("perfkit.cache")
 
 
 def estimate_size(value: Any) -> int:
@@ -65,6 +68,8 @@ class MemoryBackend(Backend):
         self._evictions = 0
         self.rejected = 0
         self._sets = 0
+        self.on_evict: Callable[[Key, Any, float | None], None] | None = None
+        """Called (outside the lock) with ``(key, value, remaining ttl)`` per LRU eviction."""
         self.probe = self.get
 
     def get(self, key: Key) -> Any:
@@ -103,26 +108,50 @@ class MemoryBackend(Backend):
                 return
             self._data[key] = (value, deadline, size)
             self._bytes += size
-            self._evict_locked()
+            victims = self._evict_locked()
             self._sets += 1
             if self.maxsize is None and self._sets % 1024 == 0:
                 self._sweep_locked()  # unbounded by count: drop expired entries now and then
+        if victims:
+            self._evicted(victims)
 
     def _sweep_locked(self) -> None:
         now = self.timer()
         for k in [k for k, e in self._data.items() if e[1] is not None and e[1] <= now]:
             self._bytes -= self._data.pop(k)[2]
 
-    def _evict_locked(self) -> None:
+    def _evict_locked(self) -> list[tuple[Key, tuple[Any, float | None, int]]] | None:
+        """Evict down to the bounds; the live victims if someone wants them, else None."""
         data = self._data
         now = self.timer()
+        victims: list[tuple[Key, tuple[Any, float | None, int]]] | None = (
+            [] if self._keep_victims() else None
+        )
         while (self.maxsize is not None and len(data) > self.maxsize) or (
             self.max_bytes is not None and self._bytes > self.max_bytes
         ):
-            _, entry = data.popitem(last=False)
+            key, entry = data.popitem(last=False)
             self._bytes -= entry[2]
             if entry[1] is None or entry[1] > now:  # dropping an expired entry is no loss
                 self._evictions += 1
+                if victims is not None:
+                    victims.append((key, entry))
+        return victims
+
+    def _keep_victims(self) -> bool:
+        return self.on_evict is not None
+
+    def _evicted(self, victims: list[tuple[Key, tuple[Any, float | None, int]]]) -> None:
+        """Runs outside the lock: hand live evicted entries to ``on_evict``."""
+        hook = self.on_evict
+        if hook is None:
+            return
+        now = self.timer()
+        for key, (value, deadline, _) in victims:
+            try:
+                hook(key, value, None if deadline is None else deadline - now)
+            except Exception:  # a failing hook must not break the write that evicted
+                logger.debug("on_evict hook failed", exc_info=True)
 
     def _expire(self, key: Key, entry: tuple[Any, float | None, int]) -> None:
         with self._lock:

@@ -1,0 +1,280 @@
+"""gzip compression that honours q-values, keeps ETags honest and never stalls the loop.
+
+Starlette's ``GZipMiddleware`` decides with ``"gzip" in accept_encoding``, so
+``gzip;q=0`` and ``notgzip`` get gzip and ``GZIP`` does not; it keeps a strong ETag on the
+compressed bytes and sends ``Vary: Accept-Encoding`` only on compressed responses. This
+layer negotiates per RFC 9110 §12.5.3, suffixes strong ETags per coding (``"h"`` becomes
+``"h-gzip"``, §8.8.3.3) and maps a suffixed If-None-Match back for the inner layers, adds
+Vary to every compressible response, flushes each streamed chunk (SSE stays live), and
+compresses large bodies in a worker thread.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from perfkit.asgi._asgi import (
+    BODY,
+    START,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    content_length,
+)
+from perfkit.http_rules import merge_vary, negotiate_encoding, parse_etag
+
+DEFAULT_CONTENT_TYPES = (
+    "text/",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/wasm",
+    "image/svg+xml",
+    "+json",
+    "+xml",
+)
+"""Content types worth compressing (prefixes, or ``+suffix`` structured-syntax suffixes)."""
+
+_NEVER = ("text/event-stream",)  # SSE through a compressor buffers events; leave it alone.
+_SUFFIX = "-gzip"
+_MEMO_MAX = 256
+_SUFFIX_BYTES = b'-gzip"'
+
+
+class CompressionMiddleware:
+    """gzip responses for clients that accept it (q-values honoured).
+
+    Defaults: ``minimum_size=500`` bytes, ``compresslevel=6``, ``thread_minimum_size=256 KiB``
+    (bigger bodies are compressed off the event loop), ``content_types`` =
+    :data:`DEFAULT_CONTENT_TYPES`. A client that refuses every coding including identity
+    (``identity;q=0``) gets identity anyway (RFC 9110 §12.5.3 allows it; a 406 helps no one).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        minimum_size: int = 500,
+        compresslevel: int = 6,
+        thread_minimum_size: int = 256 * 1024,
+        content_types: Iterable[str] = DEFAULT_CONTENT_TYPES,
+    ) -> None:
+        if minimum_size < 0:
+            raise ValueError(f"minimum_size must be >= 0, got {minimum_size!r}")
+        if not 0 <= compresslevel <= 9:
+            raise ValueError(f"compresslevel must be 0..9, got {compresslevel!r}")
+        self.app = app
+        self.minimum_size = minimum_size
+        self.compresslevel = compresslevel
+        self.thread_minimum_size = thread_minimum_size
+        self.content_types = tuple(t.lower() for t in content_types)
+        # Small memo tables: header values repeat, parsing them per request is waste.
+        self._gzip_ok: dict[bytes | None, bool] = {}
+        self._compressible: dict[bytes, bool] = {}
+
+    def compressible(self, content_type: bytes | None) -> bool:
+        if not content_type:
+            return False
+        known = self._compressible.get(content_type)
+        if known is not None:
+            return known
+        media = content_type.decode("latin-1").partition(";")[0].strip().lower()
+        result = media not in _NEVER and any(
+            media.endswith(t) if t.startswith("+") else media.startswith(t)
+            for t in self.content_types
+        )
+        if len(self._compressible) >= _MEMO_MAX:
+            self._compressible.clear()
+        self._compressible[content_type] = result
+        return result
+
+    def accepts_gzip(self, accept: bytes | None) -> bool:
+        known = self._gzip_ok.get(accept)
+        if known is None:
+            text = accept.decode("latin-1") if accept is not None else None
+            known = negotiate_encoding(text, ("gzip",)) == "gzip"
+            if len(self._gzip_ok) >= _MEMO_MAX:
+                self._gzip_ok.clear()
+            self._gzip_ok[accept] = known
+        return known
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accept: bytes | None = None
+        suffixed_request = False
+        for key, value in scope["headers"]:
+            if key == b"accept-encoding":
+                accept = value if accept is None else accept + b"," + value
+            elif key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
+                suffixed_request = True
+        if suffixed_request:
+            # In place, not a copy: outer layers (timing) must see what the router adds.
+            scope["headers"] = _unsuffix_conditions(scope["headers"])
+        responder = _Responder(self, send, gzip=self.accepts_gzip(accept),
+                               suffixed=suffixed_request)
+        await self.app(scope, receive, responder.send)
+
+
+class _Responder:
+    """Per-request state, so nothing request-specific lives on the middleware."""
+
+    __slots__ = ("compressor", "gzip", "held", "mw", "out", "state", "suffixed")
+
+    def __init__(self, mw: CompressionMiddleware, send: Send, *, gzip: bool,
+                 suffixed: bool) -> None:
+        self.mw = mw
+        self.out = send
+        self.gzip = gzip
+        self.suffixed = suffixed
+        self.held: Message | None = None
+        self.compressor: Any = None
+        self.state = "start"  # start -> hold -> stream | pass
+
+    async def send(self, message: Message) -> None:
+        state = self.state
+        if state == "pass":
+            await self.out(message)
+        elif state == "stream":
+            await self._stream(message)
+        elif state == "start":
+            if message["type"] == START:
+                await self._start(message)
+            else:
+                await self.out(message)  # e.g. early hints before the start
+        else:  # hold: waiting for the first body chunk to choose
+            await self._first_body(message)
+
+    async def _start(self, message: Message) -> None:
+        headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+        message["headers"] = headers
+        status: int = message["status"]
+        if status == 304:
+            if self.suffixed:
+                _suffix_etag(headers)  # the client holds the gzip variant: echo its tag
+                _add_vary(headers)
+            self.state = "pass"
+            await self.out(message)
+            return
+        content_type = encoding = None
+        for key, value in headers:
+            name = key.lower()
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-encoding":
+                encoding = value
+        if (
+            encoding is not None
+            or status in (204, 206)
+            or status < 200
+            or not self.mw.compressible(content_type)
+        ):
+            self.state = "pass"
+            await self.out(message)
+            return
+        _add_vary(headers)  # the choice depends on Accept-Encoding, compressed or not
+        if not self.gzip:
+            self.state = "pass"
+            await self.out(message)
+            return
+        self.held = message
+        self.state = "hold"
+
+    async def _first_body(self, message: Message) -> None:
+        start = self.held
+        assert start is not None
+        self.held = None
+        if message["type"] != BODY:
+            self.state = "pass"
+            await self.out(start)
+            await self.out(message)
+            return
+        body: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        headers: list[tuple[bytes, bytes]] = start["headers"]
+        declared = content_length(headers)
+        small = len(body) < self.mw.minimum_size if not more else (
+            declared is not None and declared < self.mw.minimum_size
+        )
+        if small:
+            self.state = "pass"
+            await self.out(start)
+            await self.out(message)
+            return
+        self.compressor = zlib.compressobj(
+            self.mw.compresslevel, zlib.DEFLATED, 16 + zlib.MAX_WBITS
+        )
+        compressed = await self._compress(body, more)
+        headers[:] = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        headers.append((b"content-encoding", b"gzip"))
+        if not more:
+            headers.append((b"content-length", str(len(compressed)).encode()))
+        _suffix_etag(headers)
+        self.state = "stream" if more else "pass"
+        await self.out(start)
+        await self.out({**message, "body": compressed})
+
+    async def _stream(self, message: Message) -> None:
+        if message["type"] != BODY:
+            await self.out(message)
+            return
+        more = message.get("more_body", False)
+        try:
+            data = await self._compress(message.get("body", b""), more)
+        finally:
+            if not more:
+                self.state = "pass"
+        await self.out({**message, "body": data})
+
+    async def _compress(self, body: bytes, more: bool) -> bytes:
+        if len(body) >= self.mw.thread_minimum_size:
+            import anyio.to_thread
+
+            data: bytes = await anyio.to_thread.run_sync(self._compress_now, body, more)
+            return data
+        return self._compress_now(body, more)
+
+    def _compress_now(self, body: bytes, more: bool) -> bytes:
+        compressor = self.compressor
+        data: bytes = compressor.compress(body)
+        if more:
+            tail: bytes = compressor.flush(zlib.Z_SYNC_FLUSH)  # deliver this chunk now
+        else:
+            self.compressor = None
+            tail = compressor.flush()
+        return data + tail
+
+
+def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:
+    for i, (key, value) in enumerate(headers):
+        if key.lower() == b"vary":
+            merged = merge_vary(value.decode("latin-1"), "Accept-Encoding")
+            headers[i] = (key, merged.encode("latin-1"))
+            return
+    headers.append((b"vary", b"Accept-Encoding"))
+
+
+def _suffix_etag(headers: list[tuple[bytes, bytes]]) -> None:
+    """A strong ETag names exact bytes: the gzip variant gets its own (``"h-gzip"``)."""
+    for i, (key, value) in enumerate(headers):
+        if key.lower() == b"etag":
+            tag = parse_etag(value.decode("latin-1"))
+            if tag is not None and not tag.weak and not tag.opaque.endswith(_SUFFIX):
+                headers[i] = (key, f'"{tag.opaque}{_SUFFIX}"'.encode("latin-1"))
+            return
+
+
+def _unsuffix_conditions(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Add the identity form of each ``-gzip`` tag, so inner layers compare what they made."""
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in headers:
+        if key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
+            value = value + b", " + value.replace(_SUFFIX_BYTES, b'"')
+        out.append((key, value))
+    return out

@@ -1,0 +1,674 @@
+"""A shared (RFC 9111) response cache as pure ASGI middleware that cannot leak by default.
+
+What it stores: final GET responses that are explicitly fresh (``s-maxage`` > ``max-age`` >
+``Expires`` > ``default_ttl``), in a single body message no larger than ``max_body``, with a
+status in the allowlist. What it never stores by default: ``no-store``/``private``/
+``no-cache`` responses, ``Set-Cookie`` responses, ``Vary: *``, 206, streams, and any request
+with ``Authorization`` or ``Cookie`` (unless ``key_principal`` keys entries per user).
+Every decision is reported in a ``Cache-Status`` header (RFC 9211) with a reason, never
+key material, and counted in :attr:`ResponseCacheMiddleware.stats`.
+
+Layout in the backend (namespace ``ns``):
+
+- ``(ns, "v", path)``: the *vary record* of a path: the request headers its responses vary
+  on, a generation token and its creation time. Deleting it invalidates every entry of
+  the path (all queries, hosts and variants) in one operation.
+- ``(ns, "e", ...)``: an entry, keyed by the generation, scheme, host, path, normalised
+  query, principal (an HMAC) and each varied header (absent or its value), each its own
+  field so values cannot collide. Shared backends get a SHA-256 of the length-prefixed
+  fields instead, so no header value appears in a Redis key.
+- ``(ns, "p")``: recent prefix invalidations ``[[prefix, time], ...]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from perfkit.asgi._asgi import (
+    BODY,
+    SCOPE_ROUTE,
+    START,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    empty_body,
+    route_template,
+)
+from perfkit.caching.backends.base import MISSING, Backend, BackendError
+from perfkit.http_rules import (
+    DEFAULT_CACHEABLE_STATUSES,
+    Precondition,
+    RequestConditions,
+    StoreReason,
+    accept_encoding_key,
+    evaluate_preconditions,
+    freshness_lifetime,
+    make_etag,
+    not_modified_headers,
+    parse_cache_control,
+    parse_http_date,
+    parse_vary,
+    request_bypass_reason,
+    response_store_reason,
+)
+
+log = logging.getLogger("perfkit.asgi.cache")
+
+_CODINGS = ("gzip", "br", "zstd", "deflate", "compress")
+# Hop-by-hop and per-response fields that a stored response must not replay.
+_NOT_STORED = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"age", b"cache-status",
+     b"date", b"server-timing", b"x-response-time", b"set-cookie"}
+)
+_UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+_DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
+                              b"last-modified", b"content-encoding"})
+_LOCK_POLL = 0.025  # seconds between looks for another process's entry
+_PREFIX_REFRESH = 1.0  # seconds a process trusts its copy of the prefix-invalidation log
+_ENTRY_VERSION = 1
+_PREFIX_LOG_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    stored_at: float
+    ttl: float
+    etag: str | None
+    last_modified: float | None
+    route: str | None = None
+
+    def __sizeof__(self) -> int:
+        # MemoryBackend(max_bytes=...) measures entries with sys.getsizeof: count the body.
+        return 256 + len(self.body) + sum(len(k) + len(v) + 96 for k, v in self.headers)
+
+    def dump(self) -> list[Any]:
+        """JSON-compatible (no pickle needed): bytes as latin-1 text."""
+        flat = [x.decode("latin-1") for pair in self.headers for x in pair]
+        return [_ENTRY_VERSION, self.status, self.stored_at, self.ttl, flat,
+                self.body.decode("latin-1"), self.etag, self.last_modified, self.route]
+
+    @classmethod
+    def load(cls, raw: Any) -> _Entry | None:
+        try:
+            version, status, stored_at, ttl, flat, body, etag, modified, route = raw
+            if version != _ENTRY_VERSION:
+                return None
+            enc = [x.encode("latin-1") for x in flat]
+            return cls(int(status), list(zip(enc[::2], enc[1::2])), body.encode("latin-1"),
+                       float(stored_at), float(ttl), etag, modified, route)
+        except (TypeError, ValueError, AttributeError):
+            return None  # an entry from another version, or garbage: a miss
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One in-process miss that others with the same request key wait for."""
+
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Event
+    entry: _Entry | None = None
+    key: tuple[Any, ...] | None = None
+    vary: tuple[str, ...] = ()
+    error: BaseException | None = None
+    abandoned: bool = False  # the leader was cancelled (its client left): others retry
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a microsecond per request
+class _Request:
+    method: str
+    path: str
+    scheme: str
+    host: str
+    query: str
+    headers: dict[bytes, bytes]  # lower-case names, repeated lines joined with ", "
+    principal: str
+
+
+class ResponseCacheMiddleware:
+    """Cache GET responses in any perfkit backend; see the module docstring for the rules.
+
+    Defaults: ``backend=MemoryBackend(maxsize=1024, max_bytes=64 MiB)``,
+    ``default_ttl=None`` (store only explicitly fresh responses), ``max_ttl=86400``,
+    ``max_body=1 MiB``, ``statuses`` = 200, 203, 204, 300, 301, 308 (add 404/410 to opt in),
+    ``max_vary_value=256`` bytes, no principal keying, ``Cache-Status`` on, single flight on,
+    ``pass_ttl=5`` s (after a path answers with something not storable, the next requests
+    for that path go straight to the app for this long: "hit-for-pass"; 0 disables).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        backend: Backend | None = None,
+        namespace: str = "perfkit.asgi",
+        default_ttl: float | None = None,
+        max_ttl: float = 86400.0,
+        max_body: int = 1 << 20,
+        statuses: Iterable[int] = DEFAULT_CACHEABLE_STATUSES,
+        key_principal: Callable[[Scope], str | None] | None = None,
+        principal_secret: bytes | str | None = None,
+        ignore_query_params: Iterable[str] = (),
+        allowed_hosts: Iterable[str] | None = None,
+        max_vary_value: int = 256,
+        cache_status: str | None = "perfkit",
+        lock_timeout: float = 10.0,
+        pass_ttl: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for name, value in (("max_ttl", max_ttl), ("lock_timeout", lock_timeout)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if pass_ttl < 0:
+            raise ValueError(f"pass_ttl must be >= 0 seconds, got {pass_ttl!r}")
+        if default_ttl is not None and default_ttl < 0:
+            raise ValueError(f"default_ttl must be >= 0 or None, got {default_ttl!r}")
+        if max_body < 0 or max_vary_value < 1:
+            raise ValueError("max_body must be >= 0 and max_vary_value >= 1")
+        if cache_status is not None and not cache_status.replace("-", "").isalnum():
+            raise ValueError(f"cache_status must be a token like 'perfkit', got {cache_status!r}")
+        if backend is None:
+            from perfkit.caching.backends.memory import MemoryBackend
+
+            backend = MemoryBackend(maxsize=1024, max_bytes=64 << 20)
+        self.app = app
+        self.backend = backend
+        self.namespace = namespace
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self.max_body = max_body
+        self.statuses = frozenset(statuses)
+        self.key_principal = key_principal
+        if isinstance(principal_secret, str):
+            principal_secret = principal_secret.encode()
+        self._secret = principal_secret or secrets.token_bytes(32)
+        self.ignore_query_params = tuple(ignore_query_params)
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) if allowed_hosts else None
+        self.max_vary_value = max_vary_value
+        self.cache_status = cache_status
+        self.lock_timeout = lock_timeout
+        self.pass_ttl = pass_ttl
+        self.clock = clock
+        self.stats: dict[str, int] = {}
+        """Counters: ``hit``, ``miss``, ``stored``, ``collapsed``, ``bypass:<reason>``,
+        ``not-stored:<reason>``, ``invalidated``, ``backend-error``."""
+        self._flights: dict[tuple[str, ...], _Flight] = {}
+        self._prefix_memo: tuple[float, list[list[Any]]] = (-1e18, [])
+        self._local = backend.is_local  # store _Entry objects as they are, no encoding
+        self._backend_down = False
+
+    # -- public API ------------------------------------------------------------------------
+    async def invalidate(self, path: str) -> None:
+        """Drop every cached variant of ``path`` (all queries, hosts, headers)."""
+        await self._call(self.backend.adelete((self.namespace, "v", path)))
+        self._count("invalidated")
+
+    async def invalidate_prefix(self, prefix: str) -> None:
+        """Drop every cached path starting with ``prefix`` (``"/"`` drops everything)."""
+        now = self.clock()
+        log_ = await self._prefix_log(fresh=True)
+        log_ = [p for p in log_ if now - p[1] < self.max_ttl and p[0] != prefix]
+        log_.append([prefix, now])
+        log_ = log_[-_PREFIX_LOG_MAX:]
+        self._prefix_memo = (time.monotonic(), log_)
+        await self._call(self.backend.aset((self.namespace, "p"), log_, self.max_ttl))
+        self._count("invalidated")
+
+    # -- ASGI --------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        if method in _UNSAFE:
+            await self._unsafe(scope, receive, send)
+            return
+        request = self._request(scope)
+        headers = request.headers
+        reason = None
+        if method not in ("GET", "HEAD") or (
+            b"authorization" in headers or b"cookie" in headers or b"cache-control" in headers
+        ):
+            reason = request_bypass_reason(
+                method,
+                has_authorization=b"authorization" in headers,
+                has_cookie=b"cookie" in headers,
+                request_cache_control=_text(headers.get(b"cache-control")),
+                principal_keyed=self.key_principal is not None,
+            )
+        if reason is None and self.allowed_hosts is not None and (
+            request.host.partition(":")[0] not in self.allowed_hosts
+        ):
+            reason = StoreReason.HOST
+        if reason is not None:
+            self._count(f"bypass:{reason.value}")
+            fwd = "method" if reason is StoreReason.METHOD else "bypass"
+            await self.app(scope, receive, self._tagging(send, f"fwd={fwd}; detail={reason.value}"))
+            return
+
+        record = await self._get((self.namespace, "v", request.path))
+        if isinstance(record, dict) and "pass" in record:
+            if record.get("until", 0.0) > self.clock():
+                # Hit-for-pass: this path just answered with something not storable.
+                detail = record["pass"]
+                self._count(f"not-stored:{detail}")
+                await self.app(scope, receive,
+                               self._tagging(send, f"fwd=uri-miss; detail={detail}"))
+                return
+            record = None
+        if isinstance(record, dict):
+            key = self._key(request, record.get("gen", ""), tuple(record.get("vary", ())))
+            if key is None:
+                reason = StoreReason.VARY_TOO_LONG
+                self._count(f"bypass:{reason.value}")
+                tagged = self._tagging(send, f"fwd=bypass; detail={reason.value}")
+                await self.app(scope, receive, tagged)
+                return
+            read_at, prefixes = self._prefix_memo
+            if time.monotonic() - read_at >= _PREFIX_REFRESH:
+                prefixes = await self._prefix_log()
+            if prefixes and _invalidated(prefixes, request.path, record.get("created", 0.0)):
+                await self._call(self.backend.adelete((self.namespace, "v", request.path)))
+            else:
+                raw = await self._get(key)
+                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
+                if entry is not None and self.clock() - entry.stored_at < entry.ttl:
+                    self._count("hit")
+                    await self._serve(entry, scope, send, "hit", request)
+                    return
+        self._count("miss")
+        if method == "HEAD":  # a HEAD never populates the GET entry
+            await self.app(scope, receive, self._tagging(send, "fwd=miss"))
+            return
+        await self._miss(scope, receive, send, request, record)
+
+    # -- miss: single flight, store ---------------------------------------------------------
+    async def _miss(self, scope: Scope, receive: Receive, send: Send, request: _Request,
+                    record: Any, retried: bool = False) -> None:
+        flight_key = (request.scheme, request.host, request.path, request.query,
+                      request.principal)
+        loop = asyncio.get_running_loop()
+        flight = self._flights.get(flight_key)
+        if flight is not None and flight.loop is loop:
+            try:
+                await asyncio.wait_for(asyncio.shield(flight.done.wait()), self.lock_timeout)
+            except asyncio.TimeoutError:
+                flight = None
+            if flight is not None:
+                if flight.error is not None:
+                    raise flight.error
+                if flight.abandoned and not retried:
+                    await self._miss(scope, receive, send, request, record, retried=True)
+                    return
+                if flight.entry is not None and flight.key == self._key(request, "", flight.vary):
+                    self._count("collapsed")
+                    await self._serve(flight.entry, scope, send, "fwd=uri-miss; collapsed",
+                                      request)
+                    return
+            # The leader's response was not shareable (or differs for us): run our own.
+            await self._forward(scope, receive, send, request, record, None)
+            return
+        flight = _Flight(loop, asyncio.Event())
+        self._flights[flight_key] = flight
+        lock: tuple[tuple[str, ...], str] | None = None
+        try:
+            if not self._local:  # other processes share this backend: take its lease lock
+                lock, found = await self._lock_or_wait(request, flight_key)
+                if found is not None:
+                    flight.entry, flight.vary = found
+                    flight.key = self._key(request, "", found[1])
+                    flight.done.set()
+                    self._count("collapsed")
+                    await self._serve(found[0], scope, send, "fwd=uri-miss; collapsed", request)
+                    return
+            await self._forward(scope, receive, send, request, record, flight)
+        except BaseException as exc:
+            if flight.entry is None:
+                # The app's own exception reaches every waiter; a cancellation (this client
+                # disconnected) is ours alone: the waiters elect a new leader instead.
+                if isinstance(exc, Exception):
+                    flight.error = exc
+                else:
+                    flight.abandoned = True
+            raise
+        finally:
+            if self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]
+            flight.done.set()
+            if lock is not None:
+                try:
+                    await self.backend.arelease_lock(*lock)
+                except BackendError:
+                    pass  # the lease expires by itself
+
+    async def _lock_or_wait(
+        self, request: _Request, flight_key: tuple[str, ...]
+    ) -> tuple[tuple[tuple[str, ...], str] | None, tuple[_Entry, tuple[str, ...]] | None]:
+        """Cross-process single flight: ``(lock, None)`` to compute, or ``(None, entry)``.
+
+        A process that cannot take the lease lock polls for the holder's entry; if the
+        holder stores nothing (or crashed: the lease expires after ``lock_timeout``), it
+        takes the lock itself, or computes anyway once ``lock_timeout`` has passed.
+        """
+        key = self._lock_key(flight_key)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                token = await self.backend.aacquire_lock(key, self.lock_timeout)
+            except BackendError as exc:
+                self._backend_failed(exc)
+                return None, None
+            if token is not None:
+                return (key, token), None
+            if time.monotonic() >= deadline:
+                return None, None
+            await asyncio.sleep(_LOCK_POLL)
+            record = await self._get((self.namespace, "v", request.path))
+            if isinstance(record, dict) and "gen" in record:
+                vary = tuple(record.get("vary", ()))
+                entry_key = self._key(request, record["gen"], vary)
+                raw = await self._get(entry_key) if entry_key is not None else MISSING
+                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
+                if entry is not None and self.clock() - entry.stored_at < entry.ttl:
+                    return None, (entry, vary)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request,
+                       record: Any, flight: _Flight | None) -> None:
+        """Run the app; store its response if every rule allows; tell the followers."""
+        held: Message | None = None
+        decided = False
+
+        async def capture(message: Message) -> None:
+            nonlocal held, decided
+            if decided:
+                await send(message)
+                return
+            kind = message["type"]
+            if kind == START:
+                held = message
+                return
+            if held is None:  # early hints before the start
+                await send(message)
+                return
+            decided = True
+            start, held = held, None
+            if kind != BODY:
+                await self._finish(send, start, "fwd=uri-miss")
+                await send(message)
+                return
+            detail, entry, vary = await self._decide(request, record, start, message,
+                                                     route_template(scope))
+            if flight is not None:
+                if entry is not None:
+                    flight.entry = entry
+                    flight.vary = vary
+                    flight.key = self._key(request, "", vary)
+                flight.done.set()  # followers may go now: share this entry or run their own
+            await self._finish(send, start, f"fwd=uri-miss; {detail}")
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        if held is not None:  # the app sent a start but never a body
+            await self._finish(send, held, "fwd=uri-miss")
+
+    async def _decide(self, request: _Request, record: Any, start: Message, message: Message,
+                      route: str | None) -> tuple[str, _Entry | None, tuple[str, ...]]:
+        """Store the response if allowed: ``(Cache-Status detail, entry, vary names)``."""
+        status: int = start["status"]
+        headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
+        body: bytes = message.get("body", b"")
+        found: dict[bytes, str] = {}
+        has_set_cookie = False
+        for key, value in headers:
+            name = key.lower()
+            if name == b"set-cookie":
+                has_set_cookie = True
+            elif name in _DECISION_FIELDS:
+                text = value.decode("latin-1")
+                found[name] = f"{found[name]}, {text}" if name in found else text
+        cc = parse_cache_control(found.get(b"cache-control"))
+        vary = parse_vary(found.get(b"vary"))
+        reason = response_store_reason(status, cc, vary=vary, has_set_cookie=has_set_cookie,
+                                       cacheable_statuses=self.statuses)
+        if reason is None and message.get("more_body", False):
+            reason = StoreReason.STREAMING
+        if reason is None and len(body) > self.max_body:
+            reason = StoreReason.TOO_LARGE
+        now = self.clock()
+        ttl = 0.0
+        if reason is None:
+            lifetime = freshness_lifetime(cc, expires=found.get(b"expires"),
+                                          date=found.get(b"date"), default=self.default_ttl,
+                                          now=now)
+            ttl = min(lifetime or 0.0, self.max_ttl)
+            if ttl <= 0:
+                reason = StoreReason.NOT_FRESH
+        coding = found.get(b"content-encoding", "identity").strip().lower()
+        if reason is None and coding != "identity" and "accept-encoding" not in vary:
+            vary.append("accept-encoding")  # an encoded body only for clients that accept it
+        if reason is None and vary and self._key(request, "", tuple(vary)) is None:
+            reason = StoreReason.VARY_TOO_LONG
+        if reason is not None:
+            self._count(f"not-stored:{reason.value}")
+            if self.pass_ttl and not isinstance(record, dict):
+                # Remember for a few seconds, so the next requests skip the miss machinery.
+                await self._call(self.backend.aset(
+                    (self.namespace, "v", request.path),
+                    {"pass": reason.value, "until": now + self.pass_ttl}, self.pass_ttl))
+            return f"detail={reason.value}", None, ()
+
+        etag = found.get(b"etag")
+        if etag is None and status == 200:
+            etag = make_etag(body)
+            headers.append((b"etag", etag.encode("latin-1")))
+            start["headers"] = headers
+        stored_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
+        entry = _Entry(status, stored_headers, body, now, ttl, etag,
+                       parse_http_date(found.get(b"last-modified")), route)
+        gen = record.get("gen") if isinstance(record, dict) else None
+        if gen is None or tuple(record.get("vary", ())) != tuple(vary):
+            gen = gen or secrets.token_hex(8)
+            ok = await self._call(self.backend.aset(
+                (self.namespace, "v", request.path),
+                {"vary": list(vary), "gen": gen, "created": now}, self.max_ttl))
+            if not ok:
+                return "detail=backend-error", None, ()
+        entry_key = self._key(request, gen, tuple(vary))
+        assert entry_key is not None
+        stored: Any = entry if self._local else entry.dump()
+        if not await self._call(self.backend.aset(entry_key, stored, ttl)):
+            return "detail=backend-error", None, ()
+        self._count("stored")
+        return f"stored; ttl={int(ttl)}", entry, tuple(vary)
+
+    # -- hits ----------------------------------------------------------------------------
+    async def _serve(self, entry: _Entry, scope: Scope, send: Send, status_text: str,
+                     request: _Request) -> None:
+        if entry.route is not None:
+            scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
+        elapsed = self.clock() - entry.stored_at
+        age = int(elapsed) if elapsed > 0 else 0
+        headers = [*entry.headers, (b"age", b"%d" % age)]
+        if self.cache_status is not None:
+            if status_text == "hit":
+                remaining = int(entry.ttl - elapsed) if entry.ttl > elapsed else 0
+                status_text = f"hit; ttl={remaining}"
+            headers.append((b"cache-status", f"{self.cache_status}; {status_text}".encode()))
+        method = scope["method"]
+        h = request.headers
+        if 200 <= entry.status < 300 and (
+            b"if-none-match" in h or b"if-modified-since" in h or b"if-match" in h
+            or b"if-unmodified-since" in h
+        ):
+            conditions = RequestConditions.from_asgi(scope["headers"])
+            outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
+            if outcome is Precondition.NOT_MODIFIED:
+                await send({"type": START, "status": 304, "headers": not_modified_headers(headers)})
+                await send(empty_body())
+                return
+        await send({"type": START, "status": entry.status, "headers": headers})
+        await send({"type": BODY, "body": b"" if method == "HEAD" else entry.body,
+                    "more_body": False})
+
+    # -- unsafe methods invalidate (RFC 9111 §4.4) ------------------------------------------
+    async def _unsafe(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+
+        async def invalidating(message: Message) -> None:
+            if message["type"] == START and 200 <= message["status"] < 400:
+                paths = {path}
+                for key, value in message.get("headers", ()):
+                    if key.lower() in (b"location", b"content-location"):
+                        target = value.decode("latin-1")
+                        if target.startswith("/"):
+                            paths.add(target.split("?", 1)[0])
+                for p in paths:
+                    await self._call(self.backend.adelete((self.namespace, "v", p)))
+                self._count("invalidated")
+            await send(message)
+
+        await self.app(scope, receive, invalidating)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _request(self, scope: Scope) -> _Request:
+        headers: dict[bytes, bytes] = {}
+        for key, value in scope["headers"]:
+            name = key.lower()
+            headers[name] = headers[name] + b", " + value if name in headers else value
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if self.ignore_query_params:
+                pairs = [(k, v) for k, v in pairs
+                         if not any(fnmatch.fnmatchcase(k, p) for p in self.ignore_query_params)]
+            query = urlencode(sorted(pairs))
+        principal = ""
+        if self.key_principal is not None:
+            who = self.key_principal(scope)
+            principal = "-" if who is None else hmac.new(
+                self._secret, who.encode(), hashlib.sha256).hexdigest()
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"), host, query,
+                        headers, principal)
+
+    def _key(self, request: _Request, gen: str,
+             vary: tuple[str, ...]) -> tuple[Any, ...] | None:
+        """The entry key; None if a varied value is over the cap.
+
+        Every field is its own tuple element (so ``("ab", "c")`` and ``("a", "bc")`` differ,
+        and an absent header, None, differs from an empty one). A shared backend gets a
+        SHA-256 of the length-prefixed fields instead: no header value (a token named in
+        Vary) ever appears in a Redis key.
+        """
+        if not vary and self._local:
+            return (self.namespace, "e", gen, request.scheme, request.host, request.path,
+                    request.query, request.principal)
+        parts: list[Any] = [gen, request.scheme, request.host, request.path, request.query,
+                            request.principal]
+        for name in sorted(vary):
+            raw = request.headers.get(name.encode("latin-1"))
+            if raw is None:
+                parts.append(None)
+                continue
+            value = raw.decode("latin-1")
+            if name == "accept-encoding":
+                value = accept_encoding_key(value, _CODINGS)
+            elif len(value) > self.max_vary_value:
+                return None
+            parts.append(value)
+        if self._local:
+            return (self.namespace, "e", *sorted(vary), *parts)
+        fields = [*sorted(vary), *("\x00absent" if p is None else p for p in parts)]
+        data = "".join(f"{len(p)}:{p}," for p in fields).encode("utf-8", "surrogateescape")
+        return (self.namespace, "e", hashlib.sha256(data, usedforsecurity=False).hexdigest())
+
+    def _lock_key(self, flight_key: tuple[str, ...]) -> tuple[str, ...]:
+        name = hashlib.sha256(repr(flight_key).encode(), usedforsecurity=False).hexdigest()
+        return (self.namespace, "lock", name)
+
+    def _tagging(self, send: Send, text: str) -> Send:
+        if self.cache_status is None:
+            return send
+        value = f"{self.cache_status}; {text}".encode()
+
+        async def tag(message: Message) -> None:
+            if message["type"] == START:
+                message["headers"] = [*message.get("headers", ()), (b"cache-status", value)]
+            await send(message)
+
+        return tag
+
+    async def _finish(self, send: Send, start: Message, text: str) -> None:
+        if self.cache_status is not None:
+            start["headers"] = [*start.get("headers", ()),
+                                (b"cache-status", f"{self.cache_status}; {text}".encode())]
+        await send(start)
+
+    async def _prefix_log(self, fresh: bool = False) -> list[list[Any]]:
+        """The prefix-invalidation log, re-read from the backend at most once a second."""
+        now = time.monotonic()
+        read_at, log_ = self._prefix_memo
+        if fresh or now - read_at >= _PREFIX_REFRESH:
+            value = await self._get((self.namespace, "p"))
+            log_ = value if isinstance(value, list) else []
+            self._prefix_memo = (now, log_)
+        return log_
+
+    async def _get(self, key: tuple[str, ...]) -> Any:
+        try:
+            # A local backend never blocks: skip the coroutine (the hit path's largest cost).
+            value = self.backend.get(key) if self._local else await self.backend.aget(key)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return MISSING
+        if self._backend_down:
+            self._backend_ok()
+        return value
+
+    async def _call(self, op: Any) -> bool:
+        """Await a backend write; False (logged once, counted) if the backend failed."""
+        try:
+            await op
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return False
+        self._backend_ok()
+        return True
+
+    def _backend_failed(self, exc: BaseException) -> None:
+        self._count("backend-error")
+        if not self._backend_down:
+            self._backend_down = True
+            log.warning("response cache backend failed, serving uncached: %r", exc)
+
+    def _backend_ok(self) -> None:
+        if self._backend_down:
+            self._backend_down = False
+            log.warning("response cache backend recovered")
+
+    def _count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def _invalidated(prefixes: list[list[Any]], path: str, created: float) -> bool:
+    """Was the vary record (made at ``created``) dropped by a later prefix invalidation?"""
+    return any(created <= when and path.startswith(prefix) for prefix, when in prefixes)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+

@@ -1,0 +1,250 @@
+"""CompressionMiddleware: q-values, Vary, skips, streaming, ETag variants; Starlette's GZip."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+import httpx
+import pytest
+from _asgi_support import body, drive, header, http_scope, raw_app, start
+from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from perfkit.asgi import CompressionMiddleware, ETagMiddleware
+
+TEXT = "hello world " * 200  # 2400 bytes, compressible
+
+
+def text_app() -> Starlette:
+    async def page(request: Request) -> Response:
+        return PlainTextResponse(TEXT)
+
+    async def small(request: Request) -> Response:
+        return PlainTextResponse("tiny")
+
+    async def varied(request: Request) -> Response:
+        return PlainTextResponse(TEXT, headers={"vary": "accept-encoding, Accept-Language"})
+
+    return Starlette(routes=[Route("/", page), Route("/small", small), Route("/varied", varied)])
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+CASES = [
+    ("gzip", True),
+    ("GZIP", True),
+    ("gzip;q=0", False),
+    ("identity, gzip;q=0", False),
+    ("notgzip", False),
+    ("*", True),
+    ("deflate", False),
+    ("br, gzip;q=0.5", True),
+    ("identity;q=0", False),  # documented: nothing acceptable -> identity, never 406
+]
+
+
+async def fetch_raw(app: Any, accept: str, path: str = "/") -> httpx.Response:
+    async with client(app) as c:
+        request = c.build_request("GET", path, headers={"accept-encoding": accept})
+        return await c.send(request, stream=False)
+
+
+@pytest.mark.parametrize(("accept", "gzipped"), CASES)
+async def test_q_values_are_honoured(accept: str, gzipped: bool) -> None:
+    r = await fetch_raw(CompressionMiddleware(text_app()), accept)
+    assert (r.headers.get("content-encoding") == "gzip") is gzipped
+    assert r.text == TEXT  # httpx decodes gzip; identity comes as is
+    assert "accept-encoding" in r.headers["vary"].lower()
+
+
+async def test_starlette_gzip_gets_q_values_wrong_which_is_why_we_ship_our_own() -> None:
+    wrong = []
+    for accept, gzipped in CASES[:5]:
+        r = await fetch_raw(GZipMiddleware(text_app()), accept)
+        if (r.headers.get("content-encoding") == "gzip") is not gzipped:
+            wrong.append(accept)
+    if not wrong:
+        pytest.skip("Starlette's GZipMiddleware now honours q-values")
+    assert "gzip;q=0" in wrong
+
+
+async def test_vary_on_every_compressible_response_merged_not_duplicated() -> None:
+    app = CompressionMiddleware(text_app())
+    small = await fetch_raw(app, "gzip", "/small")
+    assert small.headers["vary"] == "Accept-Encoding"
+    assert "content-encoding" not in small.headers  # under minimum_size
+    identity = await fetch_raw(app, "identity", "/")
+    assert identity.headers["vary"] == "Accept-Encoding"
+    varied = await fetch_raw(app, "gzip", "/varied")
+    assert varied.headers["vary"] == "accept-encoding, Accept-Language"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (200, [("content-type", "text/plain"), ("content-encoding", "br")]),
+        (206, [("content-type", "text/plain")]),
+        (200, [("content-type", "multipart/byteranges; boundary=x")]),
+        (200, [("content-type", "text/event-stream")]),
+        (200, [("content-type", "image/png")]),
+        (200, []),
+    ],
+)
+async def test_skipped_responses(status: int, headers: list[tuple[str, str]]) -> None:
+    app = CompressionMiddleware(raw_app([start(status, headers), body(TEXT.encode())]))
+    sent = await drive(app, http_scope("/", headers=[("accept-encoding", "gzip")]))
+    assert sent[1]["body"] == TEXT.encode()
+    assert header(sent[0], "content-encoding") in (None, "br")
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_no_body_statuses_are_untouched(status: int) -> None:
+    app = CompressionMiddleware(raw_app([start(status, [("content-type", "text/plain")]),
+                                         body(b"")]))
+    sent = await drive(app, http_scope("/", headers=[("accept-encoding", "gzip")]))
+    assert header(sent[0], "content-encoding") is None
+
+
+async def test_content_length_is_correct_for_one_body() -> None:
+    sent = await drive(
+        CompressionMiddleware(raw_app([start(200, [("content-type", "text/plain"),
+                                                   ("content-length", str(len(TEXT)))]),
+                                       body(TEXT.encode())])),
+        http_scope("/", headers=[("accept-encoding", "gzip")]),
+    )
+    assert header(sent[0], "content-length") == str(len(sent[1]["body"]))
+    assert gzip.decompress(sent[1]["body"]).decode() == TEXT
+
+
+async def test_streams_are_flushed_per_chunk_and_lose_content_length() -> None:
+    chunks = [f"event: {i}\n".encode() * 60 for i in range(3)]
+    app = CompressionMiddleware(raw_app(
+        [start(200, [("content-type", "text/plain"), ("content-length", "99999")])]
+        + [body(c, more=True) for c in chunks] + [body(b"")]
+    ))
+    sent = await drive(app, http_scope("/", headers=[("accept-encoding", "gzip")]))
+    assert header(sent[0], "content-length") is None
+    assert header(sent[0], "content-encoding") == "gzip"
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    for i, chunk in enumerate(chunks):
+        # Each chunk decodes as soon as it arrives: nothing is held back in the compressor.
+        assert decoder.decompress(sent[1 + i]["body"]) == chunk
+    assert decoder.decompress(sent[-1]["body"]) + decoder.flush() == b""
+
+
+async def test_small_stream_with_declared_length_honours_minimum_size() -> None:
+    app = CompressionMiddleware(raw_app([start(200, [("content-type", "text/plain"),
+                                                     ("content-length", "4")]),
+                                         body(b"ab", more=True), body(b"cd")]))
+    sent = await drive(app, http_scope("/", headers=[("accept-encoding", "gzip")]))
+    assert header(sent[0], "content-encoding") is None
+    assert b"".join(m["body"] for m in sent[1:]) == b"abcd"
+
+
+async def test_sse_is_not_compressed_and_stays_incremental() -> None:
+    async def events(request: Request) -> Response:
+        async def gen() -> Any:
+            for i in range(3):
+                yield f"data: {i}\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    app = CompressionMiddleware(Starlette(routes=[Route("/sse", events)]))
+    sent = await drive(app, http_scope("/sse", headers=[("accept-encoding", "gzip")]))
+    bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m["body"]]
+    assert bodies == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_strong_etag_gets_a_per_coding_suffix_and_either_form_revalidates() -> None:
+    app = CompressionMiddleware(ETagMiddleware(text_app()))
+    async with client(app) as c:
+        zipped = await c.get("/", headers={"accept-encoding": "gzip"})
+        plain = await c.get("/", headers={"accept-encoding": "identity"})
+        assert zipped.headers["etag"].endswith('-gzip"')
+        assert plain.headers["etag"] == zipped.headers["etag"].replace("-gzip", "")
+        again_zip = await c.get("/", headers={"accept-encoding": "gzip",
+                                               "if-none-match": zipped.headers["etag"]})
+        again_plain = await c.get("/", headers={"accept-encoding": "gzip",
+                                                 "if-none-match": plain.headers["etag"]})
+    assert again_zip.status_code == 304
+    assert again_zip.headers["etag"] == zipped.headers["etag"]  # echoes the client's variant
+    assert again_plain.status_code == 304
+
+
+async def test_weak_etags_are_left_alone() -> None:
+    app = CompressionMiddleware(raw_app([start(200, [("content-type", "text/plain"),
+                                                     ("etag", 'W/"w"')]), body(TEXT.encode())]))
+    sent = await drive(app, http_scope("/", headers=[("accept-encoding", "gzip")]))
+    assert header(sent[0], "etag") == 'W/"w"'
+
+
+async def test_large_bodies_are_compressed_in_a_thread_and_round_trip() -> None:
+    big = ("payload " * 40_000).encode()
+    app = CompressionMiddleware(raw_app([start(200, [("content-type", "text/plain")]),
+                                         body(big)]), thread_minimum_size=1024)
+    sent = await drive(app, http_scope("/", headers=[("accept-encoding", "gzip")]))
+    assert gzip.decompress(sent[1]["body"]) == big
+
+
+async def test_client_disconnect_mid_stream_propagates_and_stops_compressing() -> None:
+    class Gone(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    async def send(message: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Gone
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    app = CompressionMiddleware(raw_app([start(200, [("content-type", "text/plain")])]
+                                        + [body(TEXT.encode(), more=True)] * 5 + [body(b"")]))
+    with pytest.raises(Gone):
+        await app(http_scope("/", headers=[("accept-encoding", "gzip")]), receive, send)
+
+
+def test_bad_arguments_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="minimum_size"):
+        CompressionMiddleware(raw_app([]), minimum_size=-1)
+    with pytest.raises(ValueError, match="compresslevel"):
+        CompressionMiddleware(raw_app([]), compresslevel=11)
+
+
+async def test_a_10_mib_body_does_not_stall_a_concurrent_small_request() -> None:
+    import os
+    import time
+
+    import anyio
+
+    big = os.urandom(5 << 20) + b"a" * (5 << 20)  # 10 MiB, half incompressible
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        payload = big if scope["path"] == "/big" else b"ok"
+        await send(start(200, [("content-type", "text/plain")]))
+        await send(body(payload))
+
+    mw = CompressionMiddleware(app)
+    timings: dict[str, float] = {}
+
+    async def timed(path: str) -> None:
+        began = time.perf_counter()
+        await drive(mw, http_scope(path, headers=[("accept-encoding", "gzip")]))
+        timings[path] = max(timings.get(path, 0.0), time.perf_counter() - began)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(timed, "/big")
+        await anyio.sleep(0.01)  # the big body is in the worker thread by now
+        for _ in range(5):
+            await timed("/health")
+    # Wide margin: the small request must not wait for the big compression to finish.
+    assert timings["/health"] < timings["/big"] / 2
