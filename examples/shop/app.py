@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Response
 from pydantic import BaseModel
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 import perfkit
 from perfkit.asgi import (
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def get_product(product_id: int, response: Response) -> dict[str, object]:
         """Public and fresh for a minute: the response cache and ETags serve repeats."""
         with Session(engine) as session:
-            product = session.get(Product, product_id, options=[selectinload(Product.category)])
+            product = session.get(Product, product_id, options=[joinedload(Product.category)])
             if product is None:
                 raise HTTPException(404, "no such product")
             response.headers["Cache-Control"] = "public, max-age=60"

@@ -46,7 +46,7 @@ def make_engine(url: str | None) -> sa.Engine:
     return sa.create_engine(url, pool_size=5, max_overflow=5)
 
 
-def seed(engine: sa.Engine, categories: int = 8, products: int = 200) -> None:
+def seed(engine: sa.Engine, categories: int = 16, products: int = 400) -> None:
     """(Re)create the tables with a deterministic catalogue."""
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
@@ -55,7 +55,7 @@ def seed(engine: sa.Engine, categories: int = 8, products: int = 200) -> None:
             {"id": i, "name": f"category {i}"} for i in range(1, categories + 1)
         ])
         conn.execute(sa.insert(Product), [
-            {"id": i, "name": f"product {i}", "brand": BRANDS[i % len(BRANDS)],
+            {"id": i, "name": f"product {i}", "brand": BRANDS[(i // categories) % len(BRANDS)],
              "price_cents": 100 + (i * 37) % 900, "category_id": 1 + i % categories}
             for i in range(1, products + 1)
         ])

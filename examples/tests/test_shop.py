@@ -58,7 +58,7 @@ def test_chat_remembers_and_never_crosses_users(client):
     assert client.post("/chat", json=bob).json()["cached"] is False
     # Alice's conversation remembers its turns.
     follow_up = client.post("/chat", json={**ask, "message": "And for boots?"})
-    assert follow_up.json()["history"] == 3
+    assert follow_up.json()["history"] == 4  # two questions and two answers
 
 
 def test_semantic_lookup_meets_its_micro_budget(app, perf):
