@@ -22,7 +22,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         marker = item.get_closest_marker("breaks_budget")
         if marker is not None:
-            item.add_marker(pytest.mark.xfail(strict=True, reason="the N+1 this suite exists to show"))
+            item.add_marker(
+                pytest.mark.xfail(strict=True, reason="the N+1 this suite exists to show")
+            )
 
 
 @pytest.fixture
