@@ -140,10 +140,20 @@ def _default_name(engine: Any) -> str:
 
 
 class SQLMonitor:
-    """Metrics, slow-query lines and pool figures for one engine while open.
+    """Monitor ``engine`` (an ``Engine`` or ``AsyncEngine``) until ``close()``.
 
-    Prefer :func:`monitor`, which documents the parameters. ``close()`` (or leaving a
-    ``with`` block) removes every listener; the metrics keep their counts.
+    Metrics, slow-query lines and pool figures for one engine; ``close()`` (or leaving a
+    ``with`` block) removes every listener, and the metrics keep their counts.
+
+    ``registry``: where the metrics go (default ``perfkit.REGISTRY``, what ``metrics_app``
+    serves). ``name``: the ``db`` label (default: the database name, else the dialect).
+    ``slow``: seconds over which a statement is slow (``None``: never); the first slow
+    execution of each shape is logged once. ``explain``: ``"slow"`` checks the plan of each
+    slow shape once, ``"all"`` of every new SELECT/UPDATE/DELETE shape once (and logs full
+    scans even when fast; staging), ``"off"`` never. ``max_shapes``: shapes with their own
+    series. ``max_shape_chars``: longest ``shape`` label (longer shapes are cut and get a
+    hash). ``include_transaction_control``: also count SAVEPOINT/RELEASE and the like.
+    ``pool``: also export the pool figures.
     """
 
     def __init__(
@@ -454,31 +464,5 @@ def _in_route() -> str:
     return f" in {route}" if route else ""
 
 
-def monitor(
-    engine: Any,
-    *,
-    registry: Registry | None = None,
-    name: str | None = None,
-    slow: float | None = 0.5,
-    explain: ExplainMode = "slow",
-    max_shapes: int = 200,
-    max_shape_chars: int = 200,
-    include_transaction_control: bool = False,
-    pool: bool = True,
-) -> SQLMonitor:
-    """Monitor ``engine`` (an ``Engine`` or ``AsyncEngine``) until ``close()``.
-
-    ``registry``: where the metrics go (default ``perfkit.REGISTRY``, what ``metrics_app``
-    serves). ``name``: the ``db`` label (default: the database name, else the dialect).
-    ``slow``: seconds over which a statement is slow (``None``: never); the first slow
-    execution of each shape is logged once. ``explain``: ``"slow"`` checks the plan of each
-    slow shape once, ``"all"`` of every new SELECT/UPDATE/DELETE shape once (and logs full
-    scans even when fast; staging), ``"off"`` never. ``max_shapes``: shapes with their own
-    series. ``max_shape_chars``: longest ``shape`` label (longer shapes are cut and get a
-    hash). ``include_transaction_control``: also count SAVEPOINT/RELEASE and the like.
-    ``pool``: also export the pool figures.
-    """
-    return SQLMonitor(engine, registry=registry, name=name, slow=slow, explain=explain,
-                      max_shapes=max_shapes, max_shape_chars=max_shape_chars,
-                      include_transaction_control=include_transaction_control, pool=pool)
-
+monitor = SQLMonitor
+"""``perfkit.sql.monitor(engine, ...)``: start monitoring ``engine`` (the class, by its verb)."""
