@@ -82,12 +82,12 @@ def _sqlite_cases() -> list[Case]:
     except ImportError as exc:
         raise Unavailable(f"SQLAlchemy is not installed: {exc}") from exc
     engine = sa.create_engine("sqlite://")
-    file_engine = sa.create_engine("sqlite:///file:perfkit_bench?mode=memory&uri=true")
+    pooled = sa.create_engine("sqlite://", poolclass=sa.pool.QueuePool)  # a real checkout
     per_statement = "SQLite in-memory, per statement"
     return (
         _group(per_statement, engine, 2000)
         + _group(per_statement + " in a request scope", engine, 2000, scoped=True)
-        + _group("SQLite in-memory, pool checkout + statement per op", file_engine, 1000,
+        + _group("SQLite in-memory, pool checkout + statement per op", pooled, 1000,
                  connect_each=True)
     )
 
