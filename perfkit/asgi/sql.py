@@ -14,13 +14,13 @@ import logging
 from collections.abc import Iterable
 
 from perfkit.asgi._asgi import ASGIApp, Receive, Scope, Send, route_template
+from perfkit.asgi.timing import _METHODS, UNMATCHED
 from perfkit.metrics import Registry
 
 __all__ = ["SQLMonitorMiddleware"]
 
 logger = logging.getLogger("perfkit.sql")
 
-UNMATCHED = "<unmatched>"
 
 
 class SQLMonitorMiddleware:
@@ -59,8 +59,9 @@ class SQLMonitorMiddleware:
         if not self._checked_monitors:
             self._warn_if_unmonitored()
 
-        def name() -> str:
-            return f"{scope['method']} {route_template(scope) or UNMATCHED}"
+        def name() -> str:  # resolved when the request is done, after routing
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            return f"{method} {route_template(scope) or UNMATCHED}"
 
         stats = self.scopes.open(name)
         try:

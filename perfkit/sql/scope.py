@@ -181,7 +181,7 @@ class SQLScopes:
         try:
             if token is not None:
                 _CURRENT.reset(token)
-        except ValueError:  # closed from another context: leave the variable alone
+        except (ValueError, RuntimeError):  # closed from another context, or twice
             pass
         try:
             return self._report(stats)
