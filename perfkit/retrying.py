@@ -660,11 +660,11 @@ def _sync_wrapper(policy: _Policy) -> Callable[..., Any]:
         started = clock()
         try:
             result = wrapped(*args, **kwargs)
+            if type(result) is not coroutine:  # checked inside the try: cheapest there
+                return result
         except Exception as exc:
             error = exc
         else:
-            if type(result) is not coroutine:
-                return result
             return policy.adopt(wrapped, args, kwargs, result, started, None)
         return policy.run_sync(wrapped, args, kwargs, error, None, started)
 
