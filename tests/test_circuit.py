@@ -537,3 +537,27 @@ def test_outcome_of_a_call_admitted_in_a_racing_transition_is_ignored(
     cb._on_success(raced)
     clock.now += 1
     assert cb.state == "half_open"
+
+
+async def test_async_composition_with_retry_in_both_orders(clock: FakeClock,
+                                                           registry: Registry) -> None:
+    up = Upstream()
+    up.up = False
+    outer_retry = breaker(clock, registry, failure_threshold=2)
+    call = retry(on=ConnectionError, attempts=5, sleep=clock.asleep, clock=clock,
+                 registry=registry)(outer_retry(up.acall))
+    with pytest.raises(CircuitOpenError):
+        await call()
+    assert up.calls == 2  # the third attempt failed fast, and CircuitOpenError is not retried
+
+    up.calls = 0
+    outer_breaker = CircuitBreaker("other", failure_threshold=2, reset_timeout=10,
+                                   clock=clock, registry=registry)
+    guarded = outer_breaker(retry(on=ConnectionError, attempts=3, sleep=clock.asleep,
+                                  registry=registry)(up.acall))
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await guarded()
+    with pytest.raises(CircuitOpenError):
+        await guarded()
+    assert up.calls == 6 and outer_breaker.failure_stats()["consecutive_failures"] == 0

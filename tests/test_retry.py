@@ -888,3 +888,48 @@ async def test_sync_function_returning_a_coroutine_is_retried_as_async(
         await down()
     assert retry_history(info.value).attempts == 2  # type: ignore[union-attr]
     assert registry.snapshot()["perfkit_retry_retries_total"]["series"][("fwd",)] == 2
+
+
+def test_shared_budget_bounds_a_dead_upstream_under_real_threads(registry: Registry) -> None:
+    """The issue's bound, with the calls coming from 4 threads sharing one budget."""
+    budget = RetryBudget(0.1, min_per_second=0, clock=FakeClock())
+    attempts = 0
+    lock = threading.Lock()
+
+    @retry(on=ConnectionError, attempts=5, budget=budget, backoff=0, registry=registry)
+    def dead() -> None:
+        nonlocal attempts
+        with lock:
+            attempts += 1
+        raise ConnectionError
+
+    def run() -> None:
+        for _ in range(250):
+            try:
+                dead()
+            except ConnectionError:
+                pass
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1000 < attempts <= 1.1 * 1000
+
+
+def test_sync_cancellation_during_a_wait_propagates(registry: Registry) -> None:
+    calls = 0
+
+    def interrupted_sleep(seconds: float) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while waiting between attempts
+
+    @retry(on=ConnectionError, attempts=5, sleep=interrupted_sleep, registry=registry)
+    def down() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError
+
+    with pytest.raises(KeyboardInterrupt):
+        down()
+    assert calls == 1
