@@ -48,7 +48,7 @@ from typing import Any, Literal, TypeVar, cast
 from typing_extensions import ParamSpec
 
 from perfkit._wrapping import decoratable, wrap
-from perfkit.metrics import REGISTRY, Registry
+from perfkit.metrics import Registry, resolve_registry
 
 __all__ = ["CircuitBreaker", "CircuitOpenError", "State"]
 
@@ -153,7 +153,7 @@ class CircuitBreaker:
         self._bucket_calls = [0] * _WINDOW_BUCKETS
         self._bucket_failures = [0] * _WINDOW_BUCKETS
         # -- metrics --
-        registry = registry if registry is not None else REGISTRY
+        registry = resolve_registry(registry)
         self._state_gauge = registry.gauge(
             "perfkit_circuit_state", "Circuit state: 0 closed, 1 open, 2 half-open", ("breaker",)
         ).labels(self.name)

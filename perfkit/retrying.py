@@ -60,7 +60,7 @@ from typing_extensions import ParamSpec
 
 from perfkit._wrapping import decoratable, wrap
 from perfkit.backoff import Backoff, Constant, Exponential
-from perfkit.metrics import REGISTRY, Registry
+from perfkit.metrics import Registry, resolve_registry
 
 __all__ = [
     "Attempt",
@@ -772,6 +772,7 @@ def retry(
         raise TypeError(f"sleep must be callable, got {sleep!r}")
     if not callable(clock):
         raise TypeError(f"clock must be callable, got {clock!r}")
+    metrics = resolve_registry(registry)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         target = decoratable(func, "retry", "retrying it would only recreate the generator "
@@ -787,7 +788,7 @@ def retry(
             idempotent=idempotent,
             budget=budget,
             on_retry=hooks,
-            registry=registry if registry is not None else REGISTRY,
+            registry=metrics,
             sleep=sleep,
             clock=clock,
         )

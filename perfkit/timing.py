@@ -44,7 +44,7 @@ from typing import Any, TypeVar, cast, overload
 from typing_extensions import ParamSpec
 
 from perfkit._wrapping import decoratable, wrap
-from perfkit.metrics import REGISTRY, HistogramSeries, Registry
+from perfkit.metrics import HistogramSeries, Registry, resolve_registry
 from perfkit.spans import record_span
 
 __all__ = ["Timer", "timed"]
@@ -85,7 +85,7 @@ class Timer:
                 or not 0 < budget_interval < math.inf:
             raise ValueError(f"budget_interval must be > 0 seconds, got {budget_interval!r}")
         self.name = name
-        self.registry = registry if registry is not None else REGISTRY
+        self.registry = resolve_registry(registry)
         self.budget_ms = budget_ms
         self.budget_interval = float(budget_interval)
         #: The recorders of ``with timer:`` blocks, bound on first use.

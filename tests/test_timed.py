@@ -279,3 +279,14 @@ def test_block_budget_holds_across_fresh_timers(
     exceeded = registry.snapshot()["perfkit_timed_budget_exceeded_total"]["series"]
     assert 3 <= exceeded[("block.budgeted",)] <= 5
     assert len(caplog.records) == exceeded[("block.budgeted",)]
+
+
+def test_registry_argument_is_checked_by_every_decorator() -> None:
+    from perfkit import CircuitBreaker, retry
+
+    with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
+        timed("x", "not a registry")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
+        retry(on=ConnectionError, registry={})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
+        CircuitBreaker("x", registry=3)  # type: ignore[arg-type]
