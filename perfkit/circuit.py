@@ -11,7 +11,8 @@ least ``min_calls`` calls in it. ``failure_on`` says which exceptions count as f
 other exception passes through and counts as a success (the dependency answered). Cancellation
 (``asyncio.CancelledError``, ``KeyboardInterrupt``, ...) counts as neither.
 
-Use it as a decorator (sync and async functions and methods), or as a context manager
+Use it as a decorator (sync and async functions and methods; a plain function that returns a
+coroutine is admitted and counted when the coroutine is awaited), or as a context manager
 (``with breaker:`` / ``async with breaker:``). One breaker per dependency, shared by every
 function that calls it. Thread- and task-safe: the lock guards a few counters and is never
 held while the protected call runs. Time comes from ``clock`` (monotonic by default).

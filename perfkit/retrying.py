@@ -28,6 +28,8 @@ What the caller may rely on:
   note (shown in the traceback) and available as :func:`retry_history`.
 - Per-call state lives in the call's own frame: nothing is shared between concurrent calls
   except the budget and the metrics, which are thread-safe.
+- A callable that looks sync but returns a coroutine (a plain function handing back a
+  client's coroutine, an object with ``async def __call__``) is awaited and retried as async.
 - Tests need not sleep: ``with no_waits():`` or ``PERFKIT_RETRY_NO_WAITS=1`` makes every wait
   zero (attempt counts and give-up reasons stay the same).
 
@@ -742,7 +744,7 @@ def retry(
     last attempt the last result is returned). ``retry_after_cap``: longest server-requested
     wait honoured (default: the strategy's cap). ``idempotent``: allow retrying POST/PATCH
     errors. ``budget``: a shared :class:`RetryBudget`. ``on_retry``: hook(s) called with a
-    :class:`RetryState` before each wait. ``name``: the metrics label (default
+    :class:`RetryState` before each wait (awaited when async). ``name``: the metrics label (default
     ``module.qualname``). ``sleep``/``clock``: injectable for tests (``sleep`` may return an
     awaitable for async functions).
     """

@@ -22,8 +22,9 @@ successful calls. ``p50/p95/p99`` come from :meth:`perfkit.Registry.snapshot` or
 (logger ``perfkit.timing``) and ``perfkit_timed_budget_exceeded_total`` goes up. A slow
 function therefore costs one log line per interval, never one per call.
 
-The clock is ``time.perf_counter``; the timer object may be shared between threads and tasks
-(each ``with`` entry keeps its start time in a contextvar).
+A plain function that returns a coroutine is timed until that coroutine finishes (the work
+happens when it is awaited). The clock is ``time.perf_counter``; the timer object may be
+shared between threads and tasks (each ``with`` entry keeps its start time in a contextvar).
 """
 
 from __future__ import annotations
