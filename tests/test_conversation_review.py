@@ -4,8 +4,8 @@ trimmed, truncation honours what trimming must keep, and limits must be finite."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

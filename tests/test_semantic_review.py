@@ -4,13 +4,17 @@ held-out evaluation."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from perfkit import SemanticCache
-from perfkit.semantic import DEFAULT_THRESHOLD, evaluate, guard_conflict, load_pairs, normalize
-from perfkit.semantic import partition_key
+from perfkit.semantic import (
+    DEFAULT_THRESHOLD,
+    evaluate,
+    guard_conflict,
+    load_pairs,
+    normalize,
+    partition_key,
+)
 
 CTX = {"tenant": "acme"}
 

@@ -87,8 +87,10 @@ class RedisSync:
         if (url is None) == (client is None):
             raise ValueError("RedisSync needs exactly one of url= or client= (a redis.Redis)")
         self._redis = redis
-        self._client: Any = client if client is not None else redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        self._client: Any = client
+        if url is not None:
+            self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                                socket_connect_timeout=socket_timeout)
         self.key = f"{namespace}:log"
         self.sync_interval = sync_interval
         self.max_log = max_log
