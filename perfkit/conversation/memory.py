@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from perfkit.conversation.messages import (
     validate_conversation_id,
 )
 from perfkit.conversation.stores import ConversationStore, MemoryStore, Snapshot
-from perfkit.conversation.window import WindowLimits, WindowOverflow
+from perfkit.conversation.window import WindowLimits, WindowOverflow, unevictable
 from perfkit.metrics import REGISTRY, Registry
 
 logger = logging.getLogger("perfkit.conversation")
@@ -28,8 +29,11 @@ EvictHook = Callable[[str, list[Message]], "Awaitable[None] | None"]
 def _limit(name: str, value: object, *, allow_none: bool = True) -> Any:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        0 < value < math.inf
+    ):
+        raise ValueError(f"{name} must be a finite number > 0 or None (no limit), "
+                         f"got {value!r}")
     return value
 
 
@@ -158,8 +162,11 @@ class ConversationMemory:
                                 "tool_calls"}
             if unknown:
                 raise ValueError(f"messages[{i}] has unknown fields {sorted(unknown)}")
+            pinned = m.get("pinned", False)
+            if not isinstance(pinned, bool):
+                raise ValueError(f"messages[{i}].pinned must be a bool, got {pinned!r}")
             built.append(build_message(
-                m.get("role"), m.get("content"), pinned=bool(m.get("pinned", False)),
+                m.get("role"), m.get("content"), pinned=pinned,
                 name=m.get("name"), tool_call_id=m.get("tool_call_id"),
                 tool_calls=m.get("tool_calls"), token_counter=self.token_counter,
             ))
@@ -167,23 +174,37 @@ class ConversationMemory:
             raise ValueError("messages must not be empty")
         return built
 
-    def _truncated(self, message: Message, pinned_tokens: int) -> Message | None:
-        """``message`` cut to fit the token budget left after pinned messages, or None."""
-        budget = (self.limits.max_tokens or 0) - pinned_tokens
-        if self.oversize != "truncate" or message.pinned or self.limits.max_tokens is None:
+    def _truncated(self, message: Message, window: Snapshot) -> Message | None:
+        """``message`` cut so that it fits beside what trimming must keep (the pinned
+        messages, the newest turn's question, the call a tool result answers), or None
+        when truncation is off or cannot help (a count limit, no room at all)."""
+        max_tokens = self.limits.max_tokens
+        if self.oversize != "truncate" or message.pinned or max_tokens is None:
             return None
-        if self.token_counter("") > budget:
+        kinds = [m.kind for m in window.messages] + [message.kind]
+        kept = unevictable(kinds)
+        max_messages = self.limits.max_messages
+        if max_messages is not None and len(kept) > max_messages:
+            return None
+        budget = max_tokens - sum(window.messages[i].tokens for i in kept[:-1])
+
+        def count(text: str) -> int:
+            return build_message(message.role, text, name=message.name,
+                                 tool_call_id=message.tool_call_id,
+                                 tool_calls=message.tool_calls,
+                                 token_counter=self.token_counter).tokens
+
+        if count("") > budget:
             return None
         lo, hi = 0, len(message.content)
         while lo < hi:  # longest prefix whose count fits
             mid = (lo + hi + 1) // 2
-            if self.token_counter(message.content[:mid]) <= budget:
+            if count(message.content[:mid]) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
         content = message.content[:lo].rstrip()
-        self.stats.truncated += 1
-        return Message(role=message.role, content=content, tokens=self.token_counter(content),
+        return Message(role=message.role, content=content, tokens=count(content),
                        name=message.name, tool_call_id=message.tool_call_id,
                        tool_calls=message.tool_calls)
 
@@ -260,12 +281,17 @@ class ConversationMemory:
         try:
             result = self.store.append(key, built, self.limits, seq)
         except WindowOverflow:
-            fixed = self._truncated(built[0], self._pinned_tokens(self.store.read(
-                key, self.limits))) if len(built) == 1 else None
+            fixed = self._truncated(built[0], self.store.read(key, self.limits)) if len(
+                built) == 1 else None
             if fixed is None:
                 self.stats.rejected += 1
                 raise
-            result = self.store.append(key, [fixed], self.limits, seq)
+            try:  # another writer may have moved the window in between: then refuse
+                result = self.store.append(key, [fixed], self.limits, seq)
+            except WindowOverflow:
+                self.stats.rejected += 1
+                raise
+            self.stats.truncated += 1
         self.stats.appended += len(result.stored)
         self.stats.evicted += len(result.evicted)
         self._run_hook(conversation_id, result.evicted)
@@ -320,12 +346,16 @@ class ConversationMemory:
         except WindowOverflow:
             fixed = None
             if len(built) == 1:
-                snap = await self.store.aread(key, self.limits)
-                fixed = self._truncated(built[0], self._pinned_tokens(snap))
+                fixed = self._truncated(built[0], await self.store.aread(key, self.limits))
             if fixed is None:
                 self.stats.rejected += 1
                 raise
-            result = await self.store.aappend(key, [fixed], self.limits, seq)
+            try:
+                result = await self.store.aappend(key, [fixed], self.limits, seq)
+            except WindowOverflow:
+                self.stats.rejected += 1
+                raise
+            self.stats.truncated += 1
         self.stats.appended += len(result.stored)
         self.stats.evicted += len(result.evicted)
         self._start_hook(conversation_id, result.evicted)
@@ -362,7 +392,3 @@ class ConversationMemory:
             ("perfkit_conversation_hook_errors", "on_evict failures", lambda: s.hook_errors),
         ):
             reg.counter(metric, help_text, labels=("memory",)).labels(name).set_function(read)
-
-    @staticmethod
-    def _pinned_tokens(snapshot: Snapshot) -> int:
-        return sum(m.tokens for m in snapshot.messages if m.pinned)

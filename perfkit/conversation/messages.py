@@ -145,8 +145,15 @@ def build_message(
     if tool_calls is not None:
         if role != "assistant":
             raise ValueError("tool_calls is only accepted on role='assistant' messages")
+        if isinstance(tool_calls, str | bytes | Mapping) or not all(
+                isinstance(c, Mapping) for c in tool_calls):
+            raise ValueError("tool_calls must be a list of mappings (the SDK's tool calls)")
         calls = tuple(dict(c) for c in tool_calls)
-    counted = content if calls is None else content + json.dumps(calls, default=str)
+        try:  # stored as JSON in every backend: refuse what a store could not write
+            calls_json = json.dumps(calls)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tool_calls must be JSON-serialisable: {exc}") from None
+    counted = content if calls is None else content + calls_json
     tokens = token_counter(counted)
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
         raise ValueError(f"token_counter must return an int >= 0, got {tokens!r}")

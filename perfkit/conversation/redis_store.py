@@ -136,7 +136,6 @@ if over() then
       if not over() then break end
       evict(last[ui])
     end
-    if #last > 1 and over() then evict(last[1]) end
   end
   if over() then
     return redis.error_reply('""" + _OVERFLOW_TAG + """ ' .. count .. ' ' .. total)
@@ -342,8 +341,8 @@ class RedisStore:
             count, total = str(exc).rsplit(" ", 2)[-2:]
             return WindowOverflow(
                 "the newest message(s) do not fit the window even after evicting every "
-                f"unpinned message before them (pinned + newest = {count} messages / "
-                f"{total} tokens)"
+                "message trimming may drop (the pinned messages, the newest turn's question "
+                f"and the newest message(s) need {count} messages / {total} tokens)"
             )
         return exc
 

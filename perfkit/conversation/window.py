@@ -13,9 +13,10 @@ Eviction, oldest first, until the window fits ``max_messages`` and ``max_tokens`
 1. whole turns, while more than one turn is left;
 2. then, inside the newest turn, the units between its first unit (the user's question)
    and its newest unit;
-3. then the newest turn's first unit;
-4. if the newest unit (with the pinned messages) still does not fit, the write is
-   refused with :class:`WindowOverflow`, and nothing is stored.
+3. if the pinned messages, the newest turn's question and its newest unit still do not
+   fit, the write is refused with :class:`WindowOverflow`, and nothing is stored. The
+   question is never evicted before its answer: a window that starts on an answer (or a
+   tool result) is not a conversation an LLM API accepts.
 """
 
 from __future__ import annotations
@@ -69,18 +70,7 @@ def plan_eviction(
 
     if not over():
         return []
-    # Units (lists of indices) of the unpinned messages, grouped into turns.
-    turns: list[list[list[int]]] = []
-    for i, kind in enumerate(kinds):
-        if kind == KIND_PINNED:
-            continue
-        if kind == KIND_TOOL and turns:
-            turns[-1][-1].append(i)
-        elif kind == KIND_USER or not turns:
-            turns.append([[i]])
-        else:
-            turns[-1].append([i])
-
+    turns = _turns(kinds)
     evicted: list[int] = []
 
     def evict(unit: list[int]) -> None:
@@ -100,13 +90,40 @@ def plan_eviction(
             if not over():
                 break
             evict(unit)
-        if len(last) > 1 and over():
-            evict(last[0])
     if over():
         raise WindowOverflow(
             "the newest message(s) do not fit the window even after evicting every "
-            f"unpinned message before them (max_messages={max_messages}, "
-            f"max_tokens={max_tokens}, pinned + newest = {count} messages / {total} tokens)"
+            f"message trimming may drop (max_messages={max_messages}, "
+            f"max_tokens={max_tokens}; the pinned messages, the newest turn's question and "
+            f"the newest message(s) need {count} messages / {total} tokens)"
         )
     evicted.sort()
     return evicted
+
+
+def _turns(kinds: Sequence[str]) -> list[list[list[int]]]:
+    """Units (lists of indices) of the unpinned messages, grouped into turns."""
+    turns: list[list[list[int]]] = []
+    for i, kind in enumerate(kinds):
+        if kind == KIND_PINNED:
+            continue
+        if kind == KIND_TOOL and turns:
+            turns[-1][-1].append(i)
+        elif kind == KIND_USER or not turns:
+            turns.append([[i]])
+        else:
+            turns[-1].append([i])
+    return turns
+
+
+def unevictable(kinds: Sequence[str]) -> list[int]:
+    """Indices trimming can never drop: the pinned messages, the newest turn's first unit
+    (its question) and its newest unit (what is being written)."""
+    kept = [i for i, kind in enumerate(kinds) if kind == KIND_PINNED]
+    turns = _turns(kinds)
+    if turns:
+        last = turns[-1]
+        kept.extend(last[0])
+        if len(last) > 1:
+            kept.extend(last[-1])
+    return sorted(kept)

@@ -125,6 +125,36 @@ class PartitionIndex:
             self._free.append(slot)
         return entry
 
+    def compact(self) -> bool:
+        """Shrink the matrices when at most a quarter of their rows is alive, so memory
+        follows the live entries, not the partition's high-water mark (a partition that
+        once held 10k entries and now holds 3 must not keep 10k rows). Live rows move to
+        ``0..n-1`` in slot order; returns whether anything moved (callers then re-read
+        each entry's slot from ``entries``)."""
+        live = [slot for slot, e in enumerate(self.entries) if e is not None]
+        rows = len(self.vectors)
+        if rows <= _INITIAL_ROWS or len(live) * 4 > rows:
+            return False
+        keep = max(_INITIAL_ROWS, 1 << (2 * len(live) - 1).bit_length())
+        order = np.asarray(live, dtype=np.intp)
+
+        def shrunk(a: Any) -> Any:
+            small = np.zeros((keep, *a.shape[1:]), dtype=a.dtype)
+            small[: len(live)] = a[order]
+            return small
+
+        self.vectors = shrunk(self.vectors)
+        self._scores = np.zeros(keep, dtype=np.float32)
+        if self.full is not None:
+            self.full = shrunk(self.full)
+            self.residual = shrunk(self.residual)
+            self._spare = np.zeros(keep, dtype=np.float32)
+        self.entries = [self.entries[slot] for slot in live]
+        self.exact = {e.normalized: slot for slot, e in enumerate(self.entries)}
+        self._free = []
+        self.size = len(live)
+        return True
+
     def _dot(self, matrix: F32, query: F32) -> F32:
         """``matrix[:size] @ query`` into a preallocated buffer (no allocation per lookup)."""
         out = self._scores[: self.size]

@@ -24,6 +24,13 @@ _QUOTED = re.compile(
     r"(?<!\w)[\"\u201c\u2018']([^\"\u201c\u201d\u2018\u2019']{2,80})[\"\u201d\u2019'](?!\w)"
 )
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+# Arithmetic and comparison operators, unless inside a word ("two-factor", "and/or"):
+# "5+3" and "5-3" must never normalise to the same text.
+_OPERATOR = re.compile(
+    r"(?<![^\W\d_])(?:==|!=|<=|>=|\*\*|->|[-+*/=<>^\u00d7\u00f7\u2260\u2264\u2265])"
+    r"(?![^\W\d_])"
+)
+_TOKEN_OR_OPERATOR = re.compile(f"{_TOKEN.pattern}|{_OPERATOR.pattern}")
 
 _CONTRACTIONS = {"n't": ["not"], "'re": ["are"], "'ll": ["will"], "'ve": ["have"],
                  "'m": ["am"], "'d": ["would"]}
@@ -52,19 +59,33 @@ def _split_token(token: str) -> list[str]:
     return [token]
 
 
+def _folded(text: str) -> str:
+    return _THOUSANDS.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
 def tokens(text: str) -> list[str]:
     """Case-folded tokens with contractions expanded and thousands separators dropped."""
-    text = _THOUSANDS.sub("", unicodedata.normalize("NFKC", text).casefold())
     out: list[str] = []
-    for raw in _TOKEN.findall(text):
+    for raw in _TOKEN.findall(_folded(text)):
         out.extend(_split_token(raw))
     return out
 
 
+def operators(text: str) -> list[str]:
+    """The arithmetic/comparison operators of ``text``, in order."""
+    return _OPERATOR.findall(_folded(text))
+
+
 def normalize(text: str) -> str:
     """The exact-match form: case, whitespace, punctuation and contractions do not count;
-    numbers, signs and ``C++``-style suffixes do."""
-    return " ".join(tokens(text))
+    numbers, signs, operators and ``C++``-style suffixes do. A prompt with no word, number
+    or operator at all (emoji, ":)") is kept as typed, whitespace aside, so two such
+    prompts never collapse into the same empty key."""
+    folded = _folded(text)
+    out: list[str] = []
+    for raw in _TOKEN_OR_OPERATOR.findall(folded):
+        out.extend(_split_token(raw))
+    return " ".join(out) if out else " ".join(folded.split())
 
 
 STOPWORDS = frozenset(_wordlist(
@@ -148,6 +169,41 @@ _COMMON_CAPITALISED = STOPWORDS | frozenset(_wordlist(
 ))
 
 
+# Interrogatives: "when" and "where" share every other word of a question but not its
+# answer. "which" asks what "what" asks; "what time" asks "when".
+_QUESTION_WORDS = {"who": "who", "whom": "who", "whose": "whose", "what": "what",
+                   "which": "what", "when": "when", "where": "where", "why": "why",
+                   "how": "how"}
+# Words that make the order of their neighbours matter: "Boston to Chicago",
+# "Python faster than Java", "Celsius in Fahrenheit".
+_CONNECTORS = frozenset({"to", "into", "onto", "than", "from", "in", "vs", "versus", "per"})
+
+
+def _questions(toks: list[str]) -> set[str]:
+    found = set()
+    for i, t in enumerate(toks):
+        kind = _QUESTION_WORDS.get(t)
+        if kind == "what" and i + 1 < len(toks) and toks[i + 1] == "time":
+            kind = "when"
+        if kind is not None:
+            found.add(kind)
+    return found
+
+
+def _ordered_pairs(toks: list[str]) -> set[tuple[str, str, str]]:
+    """(connector, x, y) for content words x before and y after the connector, at most
+    two content words away from it on each side."""
+    content = [(i, stem(t)) for i, t in enumerate(toks)
+               if t not in STOPWORDS and t not in _CONNECTORS and t not in NEGATIONS]
+    pairs: set[tuple[str, str, str]] = set()
+    for c, t in enumerate(toks):
+        if t in _CONNECTORS:
+            before = [w for i, w in content if i < c][-2:]
+            after = [w for i, w in content if i > c][:2]
+            pairs.update((t, x, y) for x in before for y in after if x != y)
+    return pairs
+
+
 def _numbers(toks: list[str]) -> set[str]:
     found: set[str] = set()
     for t in toks:
@@ -190,17 +246,24 @@ def _entities(text: str) -> set[str]:
 def guard_conflict(a: str, b: str) -> str | None:
     """Why the two prompts must not share an answer, or ``None`` if nothing disagrees.
 
-    Reasons: ``numbers`` (different numbers, ordinals or identifiers), ``negation``
-    (one prompt negates, the other does not), ``polarity`` (an antonym or negating prefix
-    swap), ``entity`` (a name in one prompt is missing from the other).
+    Reasons: ``numbers`` (different numbers, ordinals or identifiers), ``operator``
+    (different arithmetic or comparison operators), ``negation`` (one prompt negates, the
+    other does not), ``question`` (different question words: when vs where), ``polarity``
+    (an antonym or negating prefix swap), ``direction`` (the same two words swapped around
+    "to", "than", "in"...), ``entity`` (a name in one prompt is missing from the other).
     """
     ta, tb = tokens(a), tokens(b)
     if _numbers(ta) != _numbers(tb):
         return "numbers"
+    if sorted(operators(a)) != sorted(operators(b)):
+        return "operator"
     neg_a = sum(t in NEGATIONS for t in ta)
     neg_b = sum(t in NEGATIONS for t in tb)
     if (neg_a > 0) != (neg_b > 0):
         return "negation"
+    qa, qb = _questions(ta), _questions(tb)
+    if qa and qb and not qa & qb:
+        return "question"
     sa, sb = set(ta), set(tb)
     only_a, only_b = sa - sb, sb - sa
     for word in only_a:
@@ -211,6 +274,10 @@ def guard_conflict(a: str, b: str) -> str | None:
             if prefix + word in only_b or (word.startswith(prefix) and word[len(prefix):] in
                                            only_b):
                 return "polarity"
+    pairs_a, pairs_b = _ordered_pairs(ta), _ordered_pairs(tb)
+    for c, x, y in pairs_a - pairs_b:
+        if (c, y, x) in pairs_b and (c, y, x) not in pairs_a:
+            return "direction"
     norm_a, norm_b = " " + " ".join(ta) + " ", " " + " ".join(tb) + " "
     for entity in _entities(a):
         if f" {normalize(entity)} " not in norm_b:
