@@ -524,3 +524,72 @@ def test_pools_without_sizes_get_no_size_gauges(registry: Registry) -> None:
     assert _samples(text, "sql_pool_checkouts_total") == {(("db", "mem"),): 3}
     assert "sql_pool_size" not in text and "sql_pool_overflow" not in text
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def async_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/async.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+async def test_concurrent_async_requests_keep_their_own_lazy_loads(
+        async_url: str, registry: Registry, unique_ns: str) -> None:
+    """On an AsyncEngine many requests share the event loop's thread: a lazy load's label
+    must follow its own request (a thread-local mixed them up: missed and false N+1)."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
+
+    prefix = "pk_" + unique_ns.replace("-", "_")
+
+    class Base(AsyncAttrs, DeclarativeBase):
+        pass
+
+    class Writer(Base):
+        __tablename__ = f"{prefix}_writer"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        notes: Mapped[list[Note]] = relationship()
+
+    class Note(Base):
+        __tablename__ = f"{prefix}_note"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        writer_id: Mapped[int] = mapped_column(sa.ForeignKey(f"{prefix}_writer.id"))
+
+    engine = create_async_engine(async_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.execute(sa.insert(Writer), [{"id": i} for i in range(1, 6)])
+        await conn.execute(sa.insert(Note), [{"id": i, "writer_id": 1 + i % 5}
+                                             for i in range(15)])
+    app = FastAPI()
+
+    @app.get("/lazy")
+    async def lazy() -> int:  # 1 query + a lazy load per writer: N+1 by the lazy rule
+        async with AsyncSession(engine) as session:
+            writers = (await session.scalars(sa.select(Writer))).all()
+            return sum([len(await w.awaitable_attrs.notes) for w in writers])
+
+    @app.get("/plain")
+    async def plain() -> int:  # a few plain queries: never an N+1
+        async with AsyncSession(engine) as session:
+            for i in range(4):
+                await session.execute(sa.select(Note).where(Note.id == i))
+            return 0
+
+    app.add_middleware(SQLMonitorMiddleware, registry=registry, n_plus_one=50)
+    mon = monitor(engine, registry=registry, name="async-lazy", slow=None)
+    try:
+        async with _client(app) as client:
+            responses = await asyncio.gather(
+                *(client.get("/lazy" if i % 2 else "/plain") for i in range(30)))
+        assert all(r.status_code == 200 for r in responses)
+    finally:
+        mon.close()
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+        await engine.dispose()
+    n_plus_one = registry.get("sql_n_plus_one_total")
+    assert n_plus_one is not None
+    assert n_plus_one.labels("GET /lazy").value == 15  # every lazy request, no other
+    assert n_plus_one.labels("GET /plain").value == 0
