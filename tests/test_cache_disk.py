@@ -142,6 +142,48 @@ def test_another_directory_cannot_read_this_one(tmp_path):
     assert b.get(("ns", "i", 1)) is MISSING and b.bad_signatures == 1
 
 
+def test_a_deleted_and_recreated_directory_is_followed(tmp_path):
+    """A cleaner deletes the directory; another process recreates it with a new secret.
+    This process must follow: no stale reads from the deleted file, writes the others
+    see, and no deleting their rows as 'bad signatures' with its old secret."""
+    import shutil
+
+    path = tmp_path / "c"
+    first = DiskBackend(path)
+    first.set(("ns", "i", 1), "old", None)
+    shutil.rmtree(path)
+    second = DiskBackend(path)  # stands for another process: new directory, new secret
+    second.set(("ns", "i", 1), "new", None)
+    assert first.get(("ns", "i", 1)) == "new"  # not "old" from the unlinked file
+    first.set(("ns", "i", 2), "from first", None)
+    assert second.get(("ns", "i", 2)) == "from first"
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(first.get(("ns", "i", 1))))
+    reader.start()
+    reader.join()
+    assert seen == ["new"] and first.bad_signatures == 0
+    assert second.get(("ns", "i", 1)) == "new" and second.bad_signatures == 0
+
+
+def test_a_deleted_directory_is_recreated_on_next_use(tmp_path):
+    import shutil
+
+    path = tmp_path / "c"
+    backend = DiskBackend(path)
+    calls = []
+
+    @cached(ttl=60, backend=backend, namespace="gone")
+    def f(x):
+        calls.append(x)
+        return x
+
+    assert f(1) == 1
+    shutil.rmtree(path)
+    assert [f(1), f(1)] == [1, 1] and calls == [1, 1]  # recomputed once, then cached again
+    assert f.cache_stats().backend_errors == 0
+    assert stat.S_IMODE(os.stat(path / "secret.key").st_mode) == 0o600
+
+
 # -- bounds, time, failure -----------------------------------------------------------------
 
 
