@@ -325,6 +325,37 @@ def test_invalidation_reaches_every_tier_and_other_hosts(three, unique_ns):
     assert there.l1.get(key) is MISSING and there.l2.get(key) is MISSING
 
 
+def test_promotion_from_redis_fills_the_disk_in_on_evict_mode(three, unique_ns):
+    key = (unique_ns, "i", 1)
+    three(host="writer").set(key, "v", 60)
+    reader = three(l2_writes="on_evict")
+    assert reader.get(key) == "v"  # from Redis
+    assert reader.l1.get(key) == "v" and reader.l2.get(key) == "v"  # as documented
+
+
+def test_a_lost_subscription_also_drops_this_hosts_disk_tier(redis_server, tmp_path, unique_ns):
+    """While the listener was disconnected it may have missed invalidations: memory *and*
+    this host's disk must be dropped, or the disk serves a deleted entry for its whole TTL."""
+    import redis
+
+    tiered = TieredBackend(MemoryBackend(100), DiskBackend(tmp_path / "d"),
+                           RedisBackend(redis_server.url))
+    try:
+        assert tiered._listener is not None and tiered._listener.subscribed.wait(5)
+        key = (unique_ns, "i", 1)
+        tiered.set(key, "v", 600)
+        client = redis.Redis.from_url(redis_server.url)
+        assert client.client_kill_filter(_type="pubsub") >= 1
+        client.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and tiered.l2.get(key) is not MISSING:
+            time.sleep(0.02)
+        assert tiered.l2.get(key) is MISSING and tiered.l1.get(key) is MISSING
+        assert tiered.get(key) == "v"  # still in Redis: refilled from there
+    finally:
+        tiered.close()
+
+
 def test_disk_keeps_serving_when_redis_is_down(redis_server, tmp_path, unique_ns):
     tiered = TieredBackend(MemoryBackend(100), DiskBackend(tmp_path / "d"),
                            RedisBackend(redis_server.url, retry_interval=0.2), listen=False)

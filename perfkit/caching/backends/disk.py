@@ -335,6 +335,11 @@ class DiskBackend(Backend):
         with self._tx() as db:
             return int(db.execute("DELETE FROM entries WHERE ns = ?", (namespace,)).rowcount)
 
+    def clear(self) -> None:
+        """Drop every entry (every namespace, every process's)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM entries")
+
     def count_namespace(self, namespace: str) -> int:
         with self._tx(write=False) as db:
             row = db.execute(
