@@ -220,11 +220,11 @@ class DiskBackend(Backend):
 
     def _loads(self, skey: str, blob: bytes) -> Any:
         signature, data = blob[:_SIGNATURE], blob[_SIGNATURE:]
-        if not hmac.compare_digest(signature, self._sign(skey, data)):
-            # Signed with a secret.key that replaced ours? Reload it and check again once.
-            if not (self._secret_replaced()
-                    and hmac.compare_digest(signature, self._sign(skey, data))):
-                return MISSING
+        # A failed check may mean secret.key was replaced: reload it and check again once.
+        if not hmac.compare_digest(signature, self._sign(skey, data)) and not (
+            self._secret_replaced() and hmac.compare_digest(signature, self._sign(skey, data))
+        ):
+            return MISSING
         return pickle.loads(data)
 
     # -- reads -------------------------------------------------------------------------

@@ -19,8 +19,8 @@ remove from each tier, then publish on a Redis pub/sub channel; every TieredBack
 listening drops the entry from its L1 and, with three tiers, from its host's middle tier
 (other hosts have their own disks). When the subscription drops (Redis restarts), a
 process cannot know what it missed, so it clears its L1 (and, with three tiers, its host's
-middle tier) once it is back: slower for a moment, never stale. Without a Redis tier, other processes' L1s see an invalidation only
-when their entry's ``l1_ttl`` runs out.
+middle tier) once it is back: slower for a moment, never stale. Without a Redis tier, other
+processes' L1s see an invalidation only when their entry's ``l1_ttl`` runs out.
 """
 
 from __future__ import annotations
