@@ -12,11 +12,12 @@ compresses large bodies in a worker thread.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from perfkit.asgi._asgi import (
     BODY,
+    READY,
     START,
     ASGIApp,
     Message,
@@ -24,6 +25,8 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     content_length,
+    header_fields,
+    request_headers,
 )
 from perfkit.http_rules import merge_vary, negotiate_encoding, parse_etag
 
@@ -44,6 +47,7 @@ _NEVER = ("text/event-stream",)  # SSE through a compressor buffers events; leav
 _SUFFIX = "-gzip"
 _MEMO_MAX = 256
 _SUFFIX_BYTES = b'-gzip"'
+_NOTHING: Message = {}
 
 
 class CompressionMiddleware:
@@ -107,91 +111,97 @@ class CompressionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        accept: bytes | None = None
-        suffixed_request = False
-        for key, value in scope["headers"]:
-            if key == b"accept-encoding":
-                accept = value if accept is None else accept + b"," + value
-            elif key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
-                suffixed_request = True
-        if suffixed_request:
-            # In place, not a copy: outer layers (timing) must see what the router adds.
-            scope["headers"] = _unsuffix_conditions(scope["headers"])
-        responder = _Responder(self, send, gzip=self.accepts_gzip(accept),
-                               suffixed=suffixed_request)
-        await self.app(scope, receive, responder.send)
+        headers = request_headers(scope)
+        accept = headers.get(b"accept-encoding")
+        gzip = self._gzip_ok.get(accept)
+        if gzip is None:
+            gzip = self.accepts_gzip(accept)
+        suffixed = False
+        if b"if-none-match" in headers or b"if-match" in headers:
+            inm = headers.get(b"if-none-match", b"") + headers.get(b"if-match", b"")
+            if _SUFFIX_BYTES in inm:
+                suffixed = True
+                # In place, not a copy: outer layers (timing) must see what the router adds.
+                scope["headers"] = _unsuffix_conditions(scope["headers"])
+        await self.app(scope, receive, _Responder(self, send, gzip, suffixed).send)
+
+
+_START, _PASS, _HOLD, _STREAM = 0, 1, 2, 3
+_VARY = (b"vary", b"Accept-Encoding")
 
 
 class _Responder:
-    """Per-request state, so nothing request-specific lives on the middleware."""
+    """Per-request state, so nothing request-specific lives on the middleware.
+
+    ``send`` returns the next layer's awaitable (no coroutine per message) except while
+    it holds the start for the first body chunk or compresses.
+    """
 
     __slots__ = ("compressor", "gzip", "held", "mw", "out", "state", "suffixed")
 
-    def __init__(self, mw: CompressionMiddleware, send: Send, *, gzip: bool,
+    def __init__(self, mw: CompressionMiddleware, send: Send, gzip: bool,
                  suffixed: bool) -> None:
         self.mw = mw
         self.out = send
         self.gzip = gzip
         self.suffixed = suffixed
-        self.held: Message | None = None
+        self.held: Message = _NOTHING
         self.compressor: Any = None
-        self.state = "start"  # start -> hold -> stream | pass
+        self.state = _START
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
         state = self.state
-        if state == "pass":
-            await self.out(message)
-        elif state == "stream":
-            await self._stream(message)
-        elif state == "start":
+        if state == _PASS:
+            return self.out(message)
+        if state == _START:
             if message["type"] == START:
-                await self._start(message)
-            else:
-                await self.out(message)  # e.g. early hints before the start
-        else:  # hold: waiting for the first body chunk to choose
-            await self._first_body(message)
+                return self._start(message)
+            return self.out(message)  # e.g. early hints before the start
+        if state == _HOLD:  # waiting for the first body chunk to choose
+            return self._first_body(message)
+        return self._stream(message)
 
-    async def _start(self, message: Message) -> None:
-        headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
-        message["headers"] = headers
+    def _start(self, message: Message) -> Awaitable[None]:
+        self.state = _PASS
         status: int = message["status"]
+        headers = message.get("headers", ())
         if status == 304:
             if self.suffixed:
+                headers = list(headers)
                 _suffix_etag(headers)  # the client holds the gzip variant: echo its tag
                 _add_vary(headers)
-            self.state = "pass"
-            await self.out(message)
-            return
-        content_type = encoding = None
-        for key, value in headers:
-            name = key.lower()
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-encoding":
-                encoding = value
-        if (
-            encoding is not None
-            or status in (204, 206)
-            or status < 200
-            or not self.mw.compressible(content_type)
-        ):
-            self.state = "pass"
-            await self.out(message)
-            return
-        _add_vary(headers)  # the choice depends on Accept-Encoding, compressed or not
+                message["headers"] = headers
+            return self.out(message)
+        if status < 200 or status == 204 or status == 206:
+            return self.out(message)
+        fields = header_fields(headers)
+        if b"content-encoding" in fields:
+            return self.out(message)  # already encoded: leave it alone
+        content_type = fields.get(b"content-type")
+        mw = self.mw
+        compressible = mw._compressible.get(content_type) if content_type else False
+        if compressible is None:
+            compressible = mw.compressible(content_type)
+        if not compressible:
+            return self.out(message)
+        # The choice depends on Accept-Encoding, compressed or not: say so in Vary.
+        if b"vary" in fields:
+            headers = list(headers)
+            _add_vary(headers)
+            message["headers"] = headers
+        else:
+            message["headers"] = [*headers, _VARY]
         if not self.gzip:
-            self.state = "pass"
-            await self.out(message)
-            return
+            return self.out(message)
         self.held = message
-        self.state = "hold"
+        self.state = _HOLD
+        return READY
 
     async def _first_body(self, message: Message) -> None:
         start = self.held
-        assert start is not None
-        self.held = None
+        self.held = _NOTHING
+        self.state = _PASS
         if message["type"] != BODY:
-            self.state = "pass"
             await self.out(start)
             await self.out(message)
             return
@@ -203,7 +213,6 @@ class _Responder:
             declared is not None and declared < self.mw.minimum_size
         )
         if small:
-            self.state = "pass"
             await self.out(start)
             await self.out(message)
             return
@@ -216,7 +225,7 @@ class _Responder:
         if not more:
             headers.append((b"content-length", str(len(compressed)).encode()))
         _suffix_etag(headers)
-        self.state = "stream" if more else "pass"
+        self.state = _STREAM if more else _PASS
         await self.out(start)
         await self.out({**message, "body": compressed})
 
@@ -229,7 +238,7 @@ class _Responder:
             data = await self._compress(message.get("body", b""), more)
         finally:
             if not more:
-                self.state = "pass"
+                self.state = _PASS
         await self.out({**message, "body": data})
 
     async def _compress(self, body: bytes, more: bool) -> bytes:
@@ -274,7 +283,7 @@ def _unsuffix_conditions(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[b
     """Add the identity form of each ``-gzip`` tag, so inner layers compare what they made."""
     out: list[tuple[bytes, bytes]] = []
     for key, value in headers:
-        if key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
+        if _SUFFIX_BYTES in value and key.lower() in (b"if-none-match", b"if-match"):
             value = value + b", " + value.replace(_SUFFIX_BYTES, b'"')
         out.append((key, value))
     return out
