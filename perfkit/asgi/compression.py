@@ -11,6 +11,8 @@ compresses large bodies in a worker thread.
 
 from __future__ import annotations
 
+import secrets
+import struct
 import zlib
 from collections.abc import Awaitable, Iterable
 from typing import Any
@@ -57,6 +59,13 @@ class CompressionMiddleware:
     (bigger bodies are compressed off the event loop), ``content_types`` =
     :data:`DEFAULT_CONTENT_TYPES`. A client that refuses every coding including identity
     (``identity;q=0``) gets identity anyway (RFC 9110 §12.5.3 allows it; a 406 helps no one).
+
+    ``breach_padding=N`` (off by default) writes a random file name of 1..N bytes into
+    each gzip header, as Django does, so identical content compresses to varying lengths:
+    a BREACH attacker then needs many more requests per guessed byte. The compressed
+    variant's ETag becomes weak (``W/"h-gzip"``), since its bytes now vary. It is a
+    mitigation, not a fix: keep secrets (CSRF tokens) out of compressed responses that
+    also reflect user input, or mask them per request.
     """
 
     def __init__(
@@ -67,15 +76,19 @@ class CompressionMiddleware:
         compresslevel: int = 6,
         thread_minimum_size: int = 256 * 1024,
         content_types: Iterable[str] = DEFAULT_CONTENT_TYPES,
+        breach_padding: int = 0,
     ) -> None:
         if minimum_size < 0:
             raise ValueError(f"minimum_size must be >= 0, got {minimum_size!r}")
         if not 0 <= compresslevel <= 9:
             raise ValueError(f"compresslevel must be 0..9, got {compresslevel!r}")
+        if not 0 <= breach_padding <= 255:
+            raise ValueError(f"breach_padding must be 0..255 bytes, got {breach_padding!r}")
         self.app = app
         self.minimum_size = minimum_size
         self.compresslevel = compresslevel
         self.thread_minimum_size = thread_minimum_size
+        self.breach_padding = breach_padding
         self.content_types = tuple(t.lower() for t in content_types)
         # Small memo tables: header values repeat, parsing them per request is waste.
         self._gzip_ok: dict[bytes | None, bool] = {}
@@ -168,7 +181,8 @@ class _Responder:
         if status == 304:
             if self.suffixed:
                 headers = list(headers)
-                _suffix_etag(headers)  # the client holds the gzip variant: echo its tag
+                # The client holds the gzip variant: echo its tag.
+                _suffix_etag(headers, weak=self.mw.breach_padding > 0)
                 _add_vary(headers)
                 message["headers"] = headers
             return self.out(message)
@@ -216,15 +230,16 @@ class _Responder:
             await self.out(start)
             await self.out(message)
             return
-        self.compressor = zlib.compressobj(
-            self.mw.compresslevel, zlib.DEFLATED, 16 + zlib.MAX_WBITS
-        )
+        mw = self.mw
+        self.compressor = _PaddedGzip(mw.compresslevel, mw.breach_padding) if (
+            mw.breach_padding) else zlib.compressobj(mw.compresslevel, zlib.DEFLATED,
+                                                     16 + zlib.MAX_WBITS)
         compressed = await self._compress(body, more)
         headers[:] = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         headers.append((b"content-encoding", b"gzip"))
         if not more:
             headers.append((b"content-length", str(len(compressed)).encode()))
-        _suffix_etag(headers)
+        _suffix_etag(headers, weak=mw.breach_padding > 0)
         self.state = _STREAM if more else _PASS
         await self.out(start)
         await self.out({**message, "body": compressed})
@@ -269,14 +284,51 @@ def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:
     headers.append((b"vary", b"Accept-Encoding"))
 
 
-def _suffix_etag(headers: list[tuple[bytes, bytes]]) -> None:
-    """A strong ETag names exact bytes: the gzip variant gets its own (``"h-gzip"``)."""
+def _suffix_etag(headers: list[tuple[bytes, bytes]], weak: bool = False) -> None:
+    """A strong ETag names exact bytes: the gzip variant gets its own (``"h-gzip"``), weak
+    (``W/"h-gzip"``) when BREACH padding makes those bytes vary."""
     for i, (key, value) in enumerate(headers):
         if key.lower() == b"etag":
             tag = parse_etag(value.decode("latin-1"))
-            if tag is not None and not tag.weak and not tag.opaque.endswith(_SUFFIX):
-                headers[i] = (key, f'"{tag.opaque}{_SUFFIX}"'.encode("latin-1"))
+            if tag is not None and not tag.weak:
+                opaque = tag.opaque if tag.opaque.endswith(_SUFFIX) else tag.opaque + _SUFFIX
+                tagged = f'W/"{opaque}"' if weak else f'"{opaque}"'
+                headers[i] = (key, tagged.encode("latin-1"))
             return
+
+
+class _PaddedGzip:
+    """A gzip stream whose header carries a random-length file name (BREACH padding).
+
+    Same ``compress``/``flush`` interface as ``zlib.compressobj``: raw deflate between a
+    hand-written header (RFC 1952, FNAME flag) and the CRC-32/size trailer.
+    """
+
+    __slots__ = ("crc", "deflate", "header", "size")
+
+    def __init__(self, level: int, max_padding: int) -> None:
+        self.deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        name = secrets.token_hex(max_padding)[: 1 + secrets.randbelow(max_padding)]
+        # magic, deflate, FNAME flag, mtime 0, no extra flags, OS unknown; name, NUL.
+        self.header = b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\xff" + name.encode() + b"\x00"
+        self.crc = 0
+        self.size = 0
+
+    def compress(self, data: bytes) -> bytes:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        return self._head(self.deflate.compress(data))
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        out = self._head(self.deflate.flush(mode))
+        if mode == zlib.Z_FINISH:
+            out += struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF)
+        return out
+
+    def _head(self, data: bytes) -> bytes:
+        if self.header:
+            data, self.header = self.header + data, b""
+        return data
 
 
 def _unsuffix_conditions(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

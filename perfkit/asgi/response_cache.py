@@ -238,6 +238,7 @@ class ResponseCacheMiddleware:
         self._logs: dict[str, tuple[float, list[list[Any]]]] = {
             "p": (-1e18, []), "t": (-1e18, [])}
         self._tagged: dict[str, bytes] = {}  # Cache-Status text -> header value
+        self._passes: dict[str, tuple[str, str]] = {}  # reason -> stat, Cache-Status text
         self._status_name = cache_status.encode() if cache_status is not None else b""
         self._refresh_failed = False
         self._refreshing: set[tuple[Any, ...]] = set()  # stale entries being revalidated
@@ -312,9 +313,7 @@ class ResponseCacheMiddleware:
         if record.__class__ is dict and "pass" in record:
             if record.get("until", 0.0) > self.clock():
                 # Hit-for-pass: this path just answered with something not storable.
-                detail = record["pass"]
-                await self._pass(scope, receive, send, f"fwd=uri-miss; detail={detail}",
-                                 f"not-stored:{detail}")
+                await self._hit_for_pass(scope, receive, send, record["pass"])
                 return
             record = None
         request = self._request(scope, headers)
@@ -337,14 +336,16 @@ class ResponseCacheMiddleware:
                     age = self.clock() - entry.stored_at
                     if entry.tags and await self._tag_invalidated(entry):
                         age = math.inf
-                    if age < entry.ttl:
-                        self._count("hit")
-                        await self._serve(entry, scope, send, None, headers, age)
-                        return
                     if age < entry.ttl + entry.stale:
-                        self._count("stale")
-                        self._revalidate(scope, request, record, key)
-                        await self._serve(entry, scope, send, None, headers, age)
+                        stats = self.stats
+                        if age < entry.ttl:
+                            stats["hit"] = stats.get("hit", 0) + 1
+                        else:
+                            stats["stale"] = stats.get("stale", 0) + 1
+                            self._revalidate(scope, request, record, key)
+                        start, body = self._answer(entry, scope, None, headers, age)
+                        await send(start)
+                        await send(body)
                         return
         self._count("miss")
         if method == "HEAD":  # a HEAD never populates the GET entry
@@ -352,20 +353,28 @@ class ResponseCacheMiddleware:
             return
         await self._miss(scope, receive, send, request, record)
 
-    async def _pass(self, scope: Scope, receive: Receive, send: Send, text: str,
-                    stat: str | None) -> None:
+    def _pass(self, scope: Scope, receive: Receive, send: Send, text: str,
+              stat: str | None) -> Awaitable[None]:
         """Run the app untouched but for the Cache-Status header; count ``stat``."""
         if stat is not None:
             self._count(stat)
         if self.cache_status is None:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         value = self._tagged.get(text)
         if value is None:
             value = f"{self.cache_status}; {text}".encode()
             if len(self._tagged) < 256:  # a few dozen reason texts exist: bounded anyway
                 self._tagged[text] = value
-        await self.app(scope, receive, _Tagger(send, value).send)
+        return self.app(scope, receive, _Tagger(send, value).send)
+
+    def _hit_for_pass(self, scope: Scope, receive: Receive, send: Send,
+                      detail: str) -> Awaitable[None]:
+        known = self._passes.get(detail)
+        if known is None:
+            known = (f"not-stored:{detail}", f"fwd=uri-miss; detail={detail}")
+            if len(self._passes) < 256:  # details come from a small enum: bounded anyway
+                self._passes[detail] = known
+        return self._pass(scope, receive, send, known[1], known[0])
 
     # -- miss: single flight, store ---------------------------------------------------------
     async def _miss(self, scope: Scope, receive: Receive, send: Send, request: _Request,
@@ -388,7 +397,7 @@ class ResponseCacheMiddleware:
                 if flight.entry is not None and flight.key == self._key(request, "", flight.vary):
                     self._count("collapsed")
                     await self._serve(flight.entry, scope, send, "fwd=uri-miss; collapsed",
-                                      request.headers, self.clock() - flight.entry.stored_at)
+                                      request.headers)
                     return
             # The leader's response was not shareable (or differs for us): run our own.
             await self._forward(scope, receive, send, request, record, None)
@@ -405,7 +414,7 @@ class ResponseCacheMiddleware:
                     flight.done.set()
                     self._count("collapsed")
                     await self._serve(found[0], scope, send, "fwd=uri-miss; collapsed",
-                                      request.headers, self.clock() - found[0].stored_at)
+                                      request.headers)
                     return
             await self._forward(scope, receive, send, request, record, flight)
         except BaseException as exc:
@@ -578,9 +587,12 @@ class ResponseCacheMiddleware:
         return f"stored; ttl={int(ttl)}", entry, tuple(vary)
 
     # -- hits ----------------------------------------------------------------------------
-    async def _serve(self, entry: _Entry, scope: Scope, send: Send, text: str | None,
-                     headers: dict[bytes, bytes], age: float) -> None:
-        """Answer from ``entry``; ``text`` None means a hit (fresh, or stale by ``age``)."""
+    def _answer(self, entry: _Entry, scope: Scope, text: str | None,
+                headers: dict[bytes, bytes], age: float) -> tuple[Message, Message]:
+        """The start and body messages that answer from ``entry``.
+
+        ``text`` None means a hit (fresh, or stale by ``age``); else the Cache-Status text.
+        """
         if entry.route is not None:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
         out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
@@ -598,12 +610,17 @@ class ResponseCacheMiddleware:
             conditions = RequestConditions.from_asgi(scope["headers"])
             outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
             if outcome is Precondition.NOT_MODIFIED:
-                await send({"type": START, "status": 304, "headers": not_modified_headers(out)})
-                await send(empty_body())
-                return
-        await send({"type": START, "status": entry.status, "headers": out})
-        await send({"type": BODY, "body": b"" if method == "HEAD" else entry.body,
-                    "more_body": False})
+                return ({"type": START, "status": 304, "headers": not_modified_headers(out)},
+                        empty_body())
+        return ({"type": START, "status": entry.status, "headers": out},
+                {"type": BODY, "body": b"" if method == "HEAD" else entry.body,
+                 "more_body": False})
+
+    async def _serve(self, entry: _Entry, scope: Scope, send: Send, text: str,
+                     headers: dict[bytes, bytes]) -> None:
+        start, body = self._answer(entry, scope, text, headers, self.clock() - entry.stored_at)
+        await send(start)
+        await send(body)
 
     # -- stale-while-revalidate (RFC 5861) ---------------------------------------------------
     def _revalidate(self, scope: Scope, request: _Request, record: Any,
