@@ -881,3 +881,12 @@ def _render_process_metrics(registry: Registry, lines: list[str]) -> None:
 
 #: The process-wide default registry (what ``timed``, ``retry`` and the ASGI app use).
 REGISTRY = Registry()
+
+
+def resolve_registry(registry: Registry | None) -> Registry:
+    """``registry``, or :data:`REGISTRY` for None; a TypeError naming the parameter otherwise."""
+    if registry is None:
+        return REGISTRY
+    if not isinstance(registry, Registry):
+        raise TypeError(f"registry must be a perfkit.Registry or None, got {registry!r}")
+    return registry

@@ -1,21 +1,556 @@
-"""Entry point registered under ``pytest11``; turns pytest options into perfkit calls."""
+"""Entry point registered under ``pytest11``; turns pytest options into perfkit calls.
+
+Module-level hooks only register the marker, read and validate options, and validate
+``perf_budget`` markers at collection (so a typo is an error even without the flag).
+Everything that runs per test lives on :class:`PerfBudgetPlugin`, which is registered only
+with ``--perf-budget``: without it no hook of ours runs around a test, no tracer starts
+and no SQLAlchemy listener is installed.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack
+from typing import Any
+
 import pytest
+
+from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
+from perfkit.measure.calibrate import Calibration, calibrate
+from perfkit.measure.memory import HeapPeak, HeapTracer, RssHighWater
+from perfkit.measure.stats import Margins, Verdict, judge
+from perfkit.measure.timing import CallTimer
+from perfkit.measure.units import format_duration, format_size, parse_duration
+from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer
+from pytest_perfkit.report import summary_lines, write_reports
+from pytest_perfkit.settings import Settings, add_options, load_settings
+from pytest_perfkit.verdicts import (
+    NOT_APPLIED,
+    BudgetResult,
+    count_result,
+    failure_message,
+    timed_result,
+)
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+BUDGET_KEY = pytest.StashKey[Budget]()
+RESULT_KEY = pytest.StashKey[dict[str, Any]]()
+BENCH_KEY = pytest.StashKey[list[dict[str, Any]]]()
+
+#: Re-measure when the first run is above this fraction of a timing limit.
+NEAR_FRACTION = 0.8
+
+MARKER_HELP = (
+    "perf_budget(latency=None, cpu=None, memory=None, rss=None, queries=None, db_time=None, "
+    "slow_query=None, n_plus_one='warn', full_scans='warn', rerun=True, allow=()): "
+    "performance budgets for this test, enforced with --perf-budget"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("perfkit", "perfkit performance budgets")
-    group.addoption(
-        "--perf-budget",
-        action="store_true",
-        default=False,
-        help="measure and enforce perf_budget markers (off: the plugin does nothing per test)",
-    )
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "perf_budget(**limits): latency, memory and SQL budgets for this test"
-    )
+    config.addinivalue_line("markers", MARKER_HELP)
+    settings = load_settings(config)
+    config.stash[SETTINGS_KEY] = settings
+    if config.option.perf_budget:
+        config.pluginmanager.register(PerfBudgetPlugin(config, settings), "perfkit-budget")
+
+
+def _marker_budget(item: pytest.Item, defaults: Budget) -> Budget | None:
+    markers = list(item.iter_markers("perf_budget"))
+    if not markers:
+        return None
+    where = f"perf_budget on {item.nodeid}"
+    merged: dict[str, object] = {}
+    for marker in reversed(markers):  # farthest first, so the closest marker wins
+        if marker.args:
+            raise ValueError(f"{where}: takes keywords only, got positional {marker.args!r}")
+        merged.update(marker.kwargs)
+    budget = layer(defaults, [(where, merged)])
+    if budget.memory is not None and budget.latency is not None and not budget.rerun:
+        raise ValueError(
+            f"{where}: memory= needs a separate traced run (tracing distorts latency), but "
+            "rerun=False forbids it; use rss= for memory, or drop one of the budgets"
+        )
+    return budget
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Validate every ``perf_budget`` marker; all errors are reported together."""
+    settings = config.stash[SETTINGS_KEY]
+    errors: list[str] = []
+    for item in items:
+        try:
+            budget = _marker_budget(item, settings.defaults)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if budget is not None:
+            item.stash[BUDGET_KEY] = budget
+    if errors:
+        raise pytest.UsageError("perfkit: invalid perf_budget marker\n  " + "\n  ".join(errors))
+
+
+class PerfFixture:
+    """The ``perf`` fixture: micro-benchmark a callable inside a test, with an optional budget.
+
+    ``perf(fn, *args, budget="2ms", **kwargs)`` (sync) or ``await perf.arun(fn, ...)``
+    (async). Judged on the per-call minimum with the session's margins; over budget fails
+    the test with the statistics. ``budget``, ``warmup``, ``min_rounds`` and ``max_time``
+    are reserved keywords (pass a ``functools.partial`` for a callable that needs them).
+    """
+
+    def __init__(self, item: pytest.Item, settings: Settings, scale: float) -> None:
+        self._item = item
+        self._settings = settings
+        self._scale = scale
+        self.results: list[BenchResult] = []
+
+    def _settings_for(self, warmup: int, min_rounds: int, max_time: float) -> BenchSettings:
+        return BenchSettings(warmup=warmup, min_rounds=min_rounds, max_time=max_time)
+
+    def _check(self, fn: Any, result: BenchResult, budget: object) -> BenchResult:
+        self.results.append(result)
+        limit = None if budget is None else parse_duration(budget, "budget") * self._scale
+        name = getattr(fn, "__qualname__", repr(fn))
+        entry = {"name": name, "min": result.stats.min, "median": result.stats.median,
+                 "p95": result.stats.p95, "rounds": result.rounds, "loops": result.loops,
+                 "limit": limit, "verdict": None}
+        if limit is not None:
+            verdict = judge(result.stats.min, limit, self._settings.margins)
+            entry["verdict"] = verdict.value
+            if verdict is Verdict.OVER_BUDGET:
+                self._item.stash.setdefault(BENCH_KEY, []).append(entry)
+                pytest.fail(
+                    f"perf: {name} took {format_duration(result.stats.min)} per call > budget "
+                    f"{format_duration(limit)} ({result.describe()})", pytrace=False)
+        self._item.stash.setdefault(BENCH_KEY, []).append(entry)
+        return result
+
+    def __call__(self, fn: Any, *args: Any, budget: object = None, warmup: int = 1,
+                 min_rounds: int = 5, max_time: float = 0.2, **kwargs: Any) -> BenchResult:
+        result = benchmark(fn, *args, settings=self._settings_for(warmup, min_rounds, max_time),
+                           **kwargs)
+        return self._check(fn, result, budget)
+
+    async def arun(self, fn: Any, *args: Any, budget: object = None, warmup: int = 1,
+                   min_rounds: int = 5, max_time: float = 0.2, **kwargs: Any) -> BenchResult:
+        result = await abenchmark(
+            fn, *args, settings=self._settings_for(warmup, min_rounds, max_time), **kwargs)
+        return self._check(fn, result, budget)
+
+
+@pytest.fixture
+def perf(request: pytest.FixtureRequest) -> PerfFixture:
+    """Micro-benchmark a callable: ``perf(fn, *args, budget="1ms")``, ``await perf.arun(...)``."""
+    settings = request.config.stash[SETTINGS_KEY]
+    plugin = request.config.pluginmanager.get_plugin("perfkit-budget")
+    scale = plugin.scale if isinstance(plugin, PerfBudgetPlugin) else 1.0
+    return PerfFixture(request.node, settings, scale)
+
+
+@pytest.fixture
+def sql_queries(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A :class:`perfkit.sql.QueryTracker` for a block: ``with sql_queries: ...`` then assert
+    on ``sql_queries.count``, ``.statements``, ``.texts``, ``.shape_counts()``, ``.findings()``.
+    """
+    from perfkit.sql import QueryTracker
+
+    settings = request.config.stash[SETTINGS_KEY]
+    tracker = QueryTracker(include_transaction_control=settings.include_transactions,
+                           explain=settings.explain)
+    try:
+        yield tracker
+    finally:
+        tracker.stop()
+
+
+class PerfBudgetPlugin:
+    """Per-test measurement and enforcement; registered only with ``--perf-budget``."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.results: dict[str, dict[str, Any]] = {}
+        self.calibration: Calibration | None = None
+        self.scale = 1.0
+        workerinput = getattr(config, "workerinput", None)
+        self.is_worker = workerinput is not None
+        self.worker_id = workerinput.get("workerid") if workerinput else None
+        self.workers = int(workerinput.get("workercount", 1)) if workerinput else _xdist_n(config)
+        self.baseline = self._load_baseline(settings.baseline)
+        self._rerunning = False
+        self._tracker: Any = None
+        self.report_paths: list[str] = []
+        self._collected: dict[str, int] = {}
+
+    # --- session ---
+
+    def _load_baseline(self, path: str) -> dict[str, float]:
+        if not path:
+            return {}
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            return {t["nodeid"]: t["latency"]["min"] for t in data.get("tests", [])
+                    if t.get("latency") and t["latency"].get("min") is not None}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise pytest.UsageError(f"perfkit: baseline {path!r} cannot be read: {exc}") from None
+
+    def _memray_active(self) -> bool:
+        return bool(self.config.pluginmanager.hasplugin("memray")
+                    and getattr(self.config.option, "memray", False))
+
+    @property
+    def tracker(self) -> Any:
+        if self._tracker is None:
+            try:
+                from perfkit.sql import QueryTracker
+            except ImportError:
+                return None
+            try:
+                self._tracker = QueryTracker(
+                    include_transaction_control=self.settings.include_transactions)
+                self._tracker.start()  # install the listeners before any connection exists
+                self._tracker.stop()
+            except ImportError:
+                self._tracker = None
+        return self._tracker
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.settings.calibrate:
+            self.calibration = calibrate()
+            self.scale = self.calibration.factor
+        _ = self.tracker
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._tracker is not None:
+            self._tracker.stop()
+            from perfkit.sql import uninstall_listeners
+
+            uninstall_listeners()
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        s = self.settings
+        defaults = [f"{name}={BUDGET_KEYWORDS[name].show(getattr(s.defaults, name))}"
+                    f" ({s.defaults.sources[name]})" for name in s.defaults.sources]
+        calibration = (self.calibration.describe() if self.calibration
+                       else "off (budgets are absolute)")
+        blas = ", ".join(f"{var}={os.environ.get(var, 'unset')}" for var in
+                         ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+        return [
+            "perfkit: --perf-budget on; defaults: " + (", ".join(defaults) or "none")
+            + f"; n_plus_one={s.defaults.n_plus_one}, full_scans={s.defaults.full_scans}",
+            f"perfkit: latency/CPU judged on the min of 1 + up to {s.confirm_runs} confirm runs, "
+            f"margin {s.margin:.0%} + {format_duration(s.margin_abs)}; calibration {calibration}",
+            f"perfkit: memory = heap peak (tracemalloc, separate run) / RSS high-water "
+            f"(VmHWM or sampled); xdist latency policy: {s.xdist}; EXPLAIN "
+            f"{'on' if s.explain else 'off'}; native threads: {blas}",
+        ]
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        counts: dict[str, int] = {}
+        marked = 0
+        for item in session.items:
+            budget = item.stash.get(BUDGET_KEY, None)
+            if budget is None:
+                budget = self.settings.defaults
+            else:
+                marked += 1
+            for name in budget.limits:
+                counts[name] = counts.get(name, 0) + 1
+        self._collected = counts
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and not self.is_worker and session.items:
+            detail = ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+            reporter.write_line(f"perfkit: {marked} tests with perf_budget markers; "
+                                f"budgets per kind: {detail}")
+
+    # --- per test ---
+
+    def _rerun(self, item: pytest.Function) -> str:
+        """Run the test body again (same fixtures); returns an error text or ``""``."""
+        self._rerunning = True
+        try:
+            item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+        except (Exception, pytest.fail.Exception, pytest.skip.Exception) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            self._rerunning = False
+        return ""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+        if self._rerunning:
+            return (yield)
+        budget = pyfuncitem.stash.get(BUDGET_KEY, None) or self.settings.defaults
+        payload: dict[str, Any] = {"nodeid": pyfuncitem.nodeid, "status": "failed",
+                                   "worker": self.worker_id, "workers": self.workers,
+                                   "budgets": _budget_dict(budget), "scale": self.scale}
+        pyfuncitem.stash[RESULT_KEY] = payload
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.reset()
+            tracker.slow = budget.slow_query
+            n_plus_one_on = budget.n_plus_one.action != "off"
+            tracker.n_plus_one = budget.n_plus_one.threshold if n_plus_one_on else 0
+            tracker.lazy_parents = 2 if n_plus_one_on else 0
+            tracker.allow = budget.allow
+            tracker.explain = self.settings.explain and budget.full_scans.action != "off"
+        heap_inline = budget.memory is not None and not budget.rerun and not self._memray_active()
+        rss = RssHighWater() if budget.rss is not None else None
+        heap = HeapTracer() if heap_inline else None
+        # A full collection first keeps a gen-2 pass out of a *judged* window; it costs
+        # tens of ms in a big process, so tests without a timing limit skip it.
+        timed = budget.latency is not None or budget.cpu is not None or \
+            pyfuncitem.nodeid in self.baseline
+        timer = CallTimer(collect=timed)
+        with ExitStack() as stack:
+            if rss is not None:
+                stack.enter_context(rss)
+            if heap is not None:
+                stack.enter_context(heap)
+            if tracker is not None:
+                tracker.start()
+            stack.enter_context(timer)
+            try:
+                result = yield
+            finally:
+                if tracker is not None:
+                    tracker.stop()
+                    timer.exclude(tracker.overhead)
+        payload["status"] = "measured"
+        self._judge(pyfuncitem, budget, payload, timer, rss, heap.result if heap else None)
+        return result
+
+    def _judge(self, item: pytest.Function, budget: Budget, payload: dict[str, Any],
+               timer: CallTimer, rss: RssHighWater | None, heap: HeapPeak | None) -> None:
+        margins: Margins = self.settings.margins
+        notes: list[str] = []
+        results: list[BudgetResult] = []
+        findings_enforced: list[str] = []
+        downgrade = self.workers > 1 and self.settings.xdist == "warn"
+        scale = self.scale
+
+        # SQL first: the tracker is stopped, re-runs below must not add to its numbers.
+        tracker = self.tracker
+        sql = _sql_payload(tracker) if tracker is not None else None
+        payload["sql"] = sql
+        if sql is not None:
+            cause = [f"{s['count']}x {s['shape'][:120]} at {s['caller']}" for s in sql["top"][:5]]
+            if budget.queries is not None:
+                detail = "" if sql["count"] else "no SQLAlchemy statement seen in the test body"
+                results.append(count_result("queries", sql["count"], budget.queries, "count",
+                                            cause, detail))
+            if budget.db_time is not None:
+                results.append(count_result("db_time", sql["db_time"], budget.db_time, "s",
+                                            cause))
+            for finding in sql["findings"]:
+                kind = finding["kind"]
+                mode = {"n_plus_one": budget.n_plus_one, "full_scan": budget.full_scans}.get(kind)
+                enforced = (kind == "slow") or (mode is not None and mode.action == "fail")
+                finding["enforced"] = enforced
+                if enforced:
+                    findings_enforced.append(f"{kind}: {finding['text']}")
+        elif any(getattr(budget, n) is not None for n in ("queries", "db_time", "slow_query")):
+            results.append(BudgetResult("queries", None, None, "count", NOT_APPLIED,
+                                        detail="SQLAlchemy is not installed"))
+
+        # Latency and CPU: first run, then confirm runs when near or over a limit.
+        walls, cpus = [timer.timing.wall], [timer.timing.cpu]
+        gc_pause = timer.timing.gc_pause
+        targets: dict[str, float] = {}
+        if budget.latency is not None:
+            targets["latency"] = budget.latency * scale
+        if budget.cpu is not None:
+            targets["cpu"] = budget.cpu * scale
+        base = self.baseline.get(item.nodeid)
+        if base is not None:
+            targets["baseline"] = base * (1 + self.settings.baseline_margin) \
+                + self.settings.baseline_margin_abs
+        heap_inline = heap is not None
+        if heap_inline and targets:
+            notes.append("timing not judged: the only run was traced for memory (rerun=False)")
+            targets.clear()
+        single_reason = ""
+
+        def near() -> bool:
+            return any(min(cpus if name == "cpu" else walls) > NEAR_FRACTION * limit
+                       for name, limit in targets.items())
+
+        if targets and near():
+            if not budget.rerun:
+                single_reason = "rerun=False"
+            elif self.settings.confirm_runs == 0:
+                single_reason = "confirm_runs=0"
+            for _ in range(self.settings.confirm_runs if budget.rerun else 0):
+                confirm = CallTimer()
+                with confirm:
+                    error = self._rerun(item)
+                if error:
+                    notes.append(f"confirm run failed ({error}); judged on {len(walls)} run(s)")
+                    single_reason = single_reason or "confirm run failed"
+                    break
+                walls.append(confirm.timing.wall)
+                cpus.append(confirm.timing.cpu)
+                gc_pause += confirm.timing.gc_pause
+                if not near():
+                    break
+        for name, limit in targets.items():
+            samples = cpus if name == "cpu" else walls
+            if name == "baseline":
+                result = timed_result("baseline", samples, limit, Margins(0.0, 0.0), scale=1.0,
+                                      single_reason=single_reason)
+                result.detail = (f"baseline {format_duration(base or 0.0)} + "
+                                 f"{self.settings.baseline_margin:.0%} + "
+                                 f"{format_duration(self.settings.baseline_margin_abs)}; "
+                                 + result.detail)
+            else:
+                result = timed_result(name, samples, limit, margins, scale=scale,
+                                      single_reason=single_reason)
+            if downgrade and result.verdict == Verdict.OVER_BUDGET.value:
+                result.enforced = False
+                result.detail += f"; downgraded to a warning under xdist -n {self.workers}"
+            results.append(result)
+        payload["latency"] = {"first": walls[0], "min": min(walls), "max": max(walls),
+                              "median": sorted(walls)[len(walls) // 2], "runs": len(walls),
+                              "cpu_min": min(cpus), "gc_pause": gc_pause}
+
+        # Memory: heap peak in its own traced run (or inline when re-runs are off); RSS inline.
+        memory: dict[str, Any] = {}
+        if budget.memory is not None:
+            if self._memray_active():
+                results.append(BudgetResult("memory", budget.memory, None, "bytes", NOT_APPLIED,
+                                            detail="pytest-memray is tracing; one tracer at a "
+                                                   "time"))
+            else:
+                error = ""
+                if heap is None:
+                    tracer = HeapTracer()
+                    with tracer:
+                        error = self._rerun(item)
+                    heap = tracer.result
+                if error:
+                    results.append(BudgetResult(
+                        "memory", budget.memory, None, "bytes", NOT_APPLIED,
+                        detail=f"the traced re-run failed ({error}); mark the test "
+                               "rerun=False to trace the first run, or use rss="))
+                else:
+                    memory["heap_peak"] = heap.peak
+                    memory["sites"] = [{"location": s.location, "size": s.size,
+                                        "count": s.count, "source": s.source()}
+                                       for s in heap.sites]
+                    cause = [f"{site['location']}: {format_size(site['size'])} in "
+                             f"{site['count']} blocks  {site['source'][:80]}"
+                             for site in memory["sites"]]
+                    results.append(count_result(
+                        "memory", heap.peak, budget.memory, "bytes", cause,
+                        "Python heap peak (tracemalloc)"
+                        + (", traced in the only run" if heap_inline else ", separate run")))
+        if rss is not None and budget.rss is not None:
+            memory["rss_peak"] = rss.peak
+            memory["rss_method"] = rss.method
+            if rss.method == "unavailable":
+                results.append(BudgetResult("rss", budget.rss, None, "bytes", NOT_APPLIED,
+                                            detail="no VmHWM and psutil is not installed"))
+            else:
+                results.append(count_result("rss", rss.peak, budget.rss, "bytes",
+                                            detail=f"RSS high-water growth ({rss.method})"))
+        payload["memory"] = memory or None
+        payload["results"] = [r.as_dict() for r in results]
+        payload["notes"] = notes
+        payload["benchmarks"] = item.stash.get(BENCH_KEY, [])
+        broken = any(r.broken for r in results) or bool(findings_enforced)
+        payload["failed"] = broken
+        if broken:
+            pytest.fail(failure_message(item.nodeid, results, findings_enforced, scale),
+                        pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "call":
+            payload = item.stash.get(RESULT_KEY, None)
+            if payload is not None:
+                report.perfkit = payload  # type: ignore[attr-defined]
+        elif report.skipped and call.when == "setup" and BUDGET_KEY in item.stash:
+            report.perfkit = {  # type: ignore[attr-defined]
+                "nodeid": item.nodeid, "status": "skipped", "worker": self.worker_id,
+                "workers": self.workers, "budgets": _budget_dict(item.stash[BUDGET_KEY]),
+                "scale": self.scale}
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = getattr(report, "perfkit", None)
+        if payload is not None and not self.is_worker:
+            self.results[report.nodeid] = payload
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        path = self.config.option.perf_report or self.settings.report
+        if path:
+            self.report_paths = write_reports(path, self._report_data())
+
+    def _report_data(self) -> dict[str, Any]:
+        workers = max([self.workers, *(r.get("workers") or 1 for r in self.results.values())])
+        return {
+            "calibration": None if self.calibration is None else {
+                "seconds": self.calibration.seconds, "factor": self.calibration.factor},
+            "workers": workers,
+            "settings": {name: value for name, value in self.settings.values.items()},
+            "defaults": _budget_dict(self.settings.defaults),
+            "tests": list(self.results.values()),
+        }
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker:
+            return
+        terminalreporter.section("perf budgets")
+        for line in summary_lines(self._report_data()):
+            terminalreporter.write_line(line)
+        for path in self.report_paths:
+            terminalreporter.write_line(f"perfkit report written to {path}")
+
+
+def _xdist_n(config: pytest.Config) -> int:
+    numprocesses = getattr(config.option, "numprocesses", None)
+    if isinstance(numprocesses, int) and numprocesses > 0 and \
+            getattr(config.option, "dist", "no") != "no":
+        return numprocesses
+    return 1
+
+
+def _budget_dict(budget: Budget) -> dict[str, Any]:
+    data: dict[str, Any] = dict(budget.limits)
+    data["n_plus_one"] = str(budget.n_plus_one)
+    data["full_scans"] = str(budget.full_scans)
+    if not budget.rerun:
+        data["rerun"] = False
+    return data
+
+
+def _sql_payload(tracker: Any) -> dict[str, Any]:
+    findings = [{"kind": f.kind, "text": f.describe(), "shape": f.shape, "count": f.count,
+                 "hint": f.hint, "caller": f.caller} for f in tracker.findings()]
+    return {
+        "count": tracker.count,
+        "rows": tracker.rows,
+        "db_time": tracker.db_time,
+        "top": [{"shape": s.shape, "count": s.count, "total_time": s.total_time,
+                 "caller": s.caller} for s in tracker.shapes[:10]],
+        "findings": findings,
+        "notes": list(tracker.notes),
+    }
+
+
+__all__ = ["PerfBudgetPlugin", "PerfFixture", "perf", "sql_queries"]

@@ -1,4 +1,5 @@
-"""One contract for every backend: memory, Redis and tiered pass the same tests."""
+"""One contract for every backend: memory, adaptive, disk, Redis and tiered (two and three
+tiers) pass the same tests."""
 
 from __future__ import annotations
 
@@ -6,20 +7,37 @@ import asyncio
 
 import pytest
 
-from perfkit import MemoryBackend, RedisBackend, TieredBackend, cached
+from perfkit import (
+    AdaptiveMemoryBackend,
+    DiskBackend,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+    cached,
+)
 from perfkit.caching.backends.base import MISSING
 
 
-@pytest.fixture(params=["memory", "redis", "tiered"])
-def backend(request, unique_ns):
+@pytest.fixture(params=["memory", "adaptive", "disk", "redis", "tiered", "tiered3"])
+def backend(request, unique_ns, tmp_path):
     if request.param == "memory":
         yield MemoryBackend(100)
+        return
+    if request.param == "adaptive":
+        yield AdaptiveMemoryBackend(min_entries=100, memory_probe=lambda: 0.5)
+        return
+    if request.param == "disk":
+        b = DiskBackend(tmp_path / "cache")
+        yield b
+        b.close()
         return
     url = request.getfixturevalue("redis_url")
     if request.param == "redis":
         b = RedisBackend(url)
-    else:
+    elif request.param == "tiered":
         b = TieredBackend(MemoryBackend(100), RedisBackend(url))
+    else:
+        b = TieredBackend(MemoryBackend(100), DiskBackend(tmp_path / "cache"), RedisBackend(url))
     yield b
     b.clear_namespace(unique_ns)
     b.close()

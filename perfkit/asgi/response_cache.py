@@ -454,18 +454,36 @@ class ResponseCacheMiddleware:
                 self._backend_failed(exc)
                 return None, None
             if token is not None:
+                # Double-check under the lock: the previous holder may have stored the
+                # entry between our last look and our acquisition.
+                found = await self._stored_entry(request)
+                if found is not None:
+                    try:
+                        await self.backend.arelease_lock(key, token)
+                    except BackendError:
+                        pass  # the lease expires by itself
+                    return None, found
                 return (key, token), None
             if time.monotonic() >= deadline:
                 return None, None
             await asyncio.sleep(_LOCK_POLL)
-            record = await self._get((self.namespace, "v", request.path))
-            if isinstance(record, dict) and "gen" in record:
-                vary = tuple(record.get("vary", ()))
-                entry_key = self._key(request, record["gen"], vary)
-                raw = await self._get(entry_key) if entry_key is not None else MISSING
-                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
-                if entry is not None and self.clock() - entry.stored_at < entry.ttl:
-                    return None, (entry, vary)
+            found = await self._stored_entry(request)
+            if found is not None:
+                return None, found
+
+    async def _stored_entry(
+        self, request: _Request
+    ) -> tuple[_Entry, tuple[str, ...]] | None:
+        """The fresh stored entry for this request, if another worker has stored one."""
+        record = await self._get((self.namespace, "v", request.path))
+        if isinstance(record, dict) and "gen" in record:
+            vary = tuple(record.get("vary", ()))
+            entry_key = self._key(request, record["gen"], vary)
+            raw = await self._get(entry_key) if entry_key is not None else MISSING
+            entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
+            if entry is not None and self.clock() - entry.stored_at < entry.ttl:
+                return entry, vary
+        return None
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request,
                        record: Any, flight: _Flight | None) -> None:

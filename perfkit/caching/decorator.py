@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, Literal, Protocol, TypeVar, overload
 
@@ -32,8 +32,10 @@ from typing_extensions import ParamSpec, Self
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.memory import MemoryBackend
 from perfkit.caching.keys import KeyBuilder, canonical, default_namespace
+from perfkit.caching.prefetch import Prefetch, Prefetcher
 from perfkit.caching.singleflight import TaskFlights, ThreadFlights
 from perfkit.caching.stats import CacheStats, Counters
+from perfkit.caching.warm import Args, WarmReport, awarm, warm
 from perfkit.metrics import REGISTRY, Registry
 
 P = ParamSpec("P")
@@ -70,6 +72,22 @@ class CachedFunction(Protocol[P, R_co]):
     def cache_stats(self) -> CacheStats: ...
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Key: ...
+
+    @overload
+    def cache_warm(  # type: ignore[overload-overlap]
+        self: CachedFunction[P2, Awaitable[R2]], arg_sets: Iterable[Any], *, concurrency: int = 8
+    ) -> Awaitable[WarmReport]: ...
+
+    @overload
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport: ...
+
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        """Fill entries for these argument sets (awaitable for an async function)."""
+        ...
+
+    async def acache_warm(
+        self, arg_sets: Iterable[Any], *, concurrency: int = 8
+    ) -> WarmReport: ...
 
     # Methods: ``obj.method`` is the same thing without ``self`` (what wrapt binds);
     # classmethods bind ``cls`` from either side; anything else (staticmethods) is as is.
@@ -135,6 +153,7 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
+    prefetch: Prefetch | None = None,
     registry: Registry | None = ...,
 ) -> _Decorator: ...
 
@@ -153,6 +172,7 @@ def cached(
     version: str | None = None,
     instance_key: InstanceKey = None,
     lock_lease: float = 30.0,
+    prefetch: Prefetch | None = None,
     registry: Registry | None = _UNSET,
 ) -> Any:
     """Cache a function's results. See the README's caching section for every option.
@@ -177,6 +197,8 @@ def cached(
       instances share entries.
     - ``lock_lease``: seconds a cross-process compute lock lives in a shared backend (a
       crashed holder blocks others at most this long).
+    - ``prefetch``: a :class:`Prefetch` to learn which call follows which and compute
+      the likely next one in the background (off by default).
     - ``registry``: the metrics registry the statistics are exported to, read at scrape time
       (default ``perfkit.REGISTRY``; ``None`` for none).
     """
@@ -197,6 +219,10 @@ def cached(
         raise TypeError(
             f"instance_key must be None, 'shared' or a callable(instance), got {instance_key!r}"
         )
+    if prefetch is not None and not isinstance(prefetch, Prefetch):
+        raise TypeError(f"prefetch must be a perfkit Prefetch(...) or None, got {prefetch!r}")
+    if prefetch is not None and stale_ttl is not None:
+        raise ValueError("prefetch and stale_ttl cannot be combined; choose one")
     if backend is not None and not isinstance(backend, Backend):
         raise TypeError(f"backend must be a perfkit cache backend, got {backend!r}")
     if backend is not None and maxsize is not _UNSET:
@@ -207,7 +233,8 @@ def cached(
     options = _Options(
         ttl=ttl, backend=backend, key=key, namespace=namespace, stale_ttl=stale_ttl,
         ttl_jitter=float(ttl_jitter), version=version, instance_key=instance_key,
-        lock_lease=lock_lease, registry=REGISTRY if registry is _UNSET else registry,
+        lock_lease=lock_lease, prefetch=prefetch,
+        registry=REGISTRY if registry is _UNSET else registry,
     )
     if func is None:
         return lambda f: _decorate(f, options)
@@ -227,6 +254,7 @@ class _Options:
     version: str | None
     instance_key: InstanceKey
     lock_lease: float
+    prefetch: Prefetch | None
     registry: Registry | None
 
 
@@ -277,9 +305,13 @@ def _decorate(target: Any, options: _Options) -> Any:
         namespace += "~swr"  # entries are (fresh_until, value): never mix with plain ones
 
     core = _Core(func, namespace, options)
+    core.is_async = is_async
+    if options.prefetch is not None:
+        core.prefetcher = Prefetcher(options.prefetch, core, is_async)
     if options.registry is not None:
         _export_stats(core, options.registry)
     disabled = os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes", "on")
+    core.disabled = disabled
     if descriptor is not None or _defined_in_class(func):
         # wrapt binds methods, classmethods and staticmethods correctly
         return _method_wrapper(target, core, is_async, disabled)
@@ -303,6 +335,10 @@ _EXPORTED = (
     ("perfkit_cache_backend_errors", "Backend failures the cache absorbed", "backend_errors"),
     ("perfkit_cache_compute_seconds", "Time spent computing misses", "compute_seconds"),
 )
+_EXPORTED_PREFETCH = (
+    ("perfkit_cache_prefetches", "Entries computed ahead by prefetch", "prefetched"),
+    ("perfkit_cache_prefetch_used", "Prefetched entries a later call was served from", "used"),
+)
 
 
 def _export_stats(core: _Core, registry: Registry) -> None:
@@ -315,6 +351,16 @@ def _export_stats(core: _Core, registry: Registry) -> None:
             return float(getattr(alive.stats, field)) if alive is not None else 0.0
 
         registry.counter(name, help_text, ("function",)).labels(core.namespace).set_function(read)
+    if core.prefetcher is not None:
+        for name, help_text, field in _EXPORTED_PREFETCH:
+            def read_prefetch(field: str = field) -> float:
+                alive = ref()
+                prefetcher = alive.prefetcher if alive is not None else None
+                return float(getattr(prefetcher, field)) if prefetcher is not None else 0.0
+
+            registry.counter(name, help_text, ("function",)).labels(
+                core.namespace
+            ).set_function(read_prefetch)
 
 
 def _defined_in_class(func: Callable[..., Any]) -> bool:
@@ -369,6 +415,9 @@ class _Core:
         self.clock: Callable[[], float] = getattr(self.backend, "timer", time.time)
         self._refreshing: set[Hashable] = set()
         self._refreshing_lock = threading.Lock()
+        self.is_async = False
+        self.disabled = False
+        self.prefetcher: Prefetcher | None = None
 
     # -- keys for methods ---------------------------------------------------------------
     def method_key(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
@@ -471,6 +520,13 @@ class _Core:
                 return value
             token = self._acquire(key)
         try:
+            if token not in (None, _DEGRADED):
+                # Double-check under the lock: the previous holder may have stored the
+                # value between our last read and our acquisition.
+                value = self.read(key)
+                if value is not MISSING:
+                    self.stats.joins += 1
+                    return value
             return self._compute(key, args, kwargs)
         finally:
             self._release(key, token)
@@ -487,6 +543,12 @@ class _Core:
                 f"cached {self.namespace}: a sync function returned an awaitable, which can "
                 "be awaited only once; make it an async def so the result is cached"
             )
+        self.store(key, value)
+        return value
+
+    def compute_quietly(self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Compute and store for a prefetch: not a caller's miss, so not counted as one."""
+        value = self.func(*args, **kwargs)
         self.store(key, value)
         return value
 
@@ -530,6 +592,11 @@ class _Core:
                 return value
             token = await self._aacquire(key)
         try:
+            if token not in (None, _DEGRADED):  # double-check under the lock (see _lead)
+                value = await self.aread(key)
+                if value is not MISSING:
+                    self.stats.joins += 1
+                    return value
             return await self._acompute(key, args, kwargs)
         finally:
             await self._arelease(key, token)
@@ -539,6 +606,13 @@ class _Core:
         start = time.perf_counter()
         value = await self.func(*args, **kwargs)
         self.stats.compute_seconds += time.perf_counter() - start
+        await self.astore(key, value)
+        return value
+
+    async def acompute_quietly(
+        self, key: Key, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        value = await self.func(*args, **kwargs)
         await self.astore(key, value)
         return value
 
@@ -645,7 +719,49 @@ class _Core:
             refresh_errors=s.refresh_errors,
             currsize=currsize,
             mean_miss_seconds=s.compute_seconds / s.misses if s.misses else 0.0,
+            **self._prefetch_figures(),
         )
+
+    def _prefetch_figures(self) -> dict[str, int]:
+        p = self.prefetcher
+        if p is None:
+            return {}
+        return {"prefetches": p.prefetched, "prefetch_used": p.used,
+                "prefetch_errors": p.errors}
+
+    # -- warming -------------------------------------------------------------------------
+    def warm(self, call: Callable[..., Any], key_of: Callable[..., Key],
+             arg_sets: Iterable[Any], concurrency: int) -> Any:
+        """``cache_warm``: a report for a sync function, an awaitable for an async one."""
+        if self.disabled:
+            report = _disabled_report(arg_sets)
+            return _ready(report) if self.is_async else report
+        if self.is_async:
+            async def cached_already(a: Args) -> bool:
+                return await self.aread_raw(key_of(*a.args, **a.kwargs)) is not MISSING
+
+            return awarm(call, cached_already, arg_sets, concurrency)
+        return warm(
+            call, lambda a: self.read_raw(key_of(*a.args, **a.kwargs)) is not MISSING,
+            arg_sets, concurrency,
+        )
+
+    async def awarm(self, call: Callable[..., Any], key_of: Callable[..., Key],
+                    arg_sets: Iterable[Any], concurrency: int) -> WarmReport:
+        if self.is_async or self.disabled:
+            result = self.warm(call, key_of, arg_sets, concurrency)
+            return await result if self.is_async else result  # type: ignore[no-any-return]
+        return await asyncio.to_thread(self.warm, call, key_of, arg_sets, concurrency)
+
+
+def _disabled_report(arg_sets: Iterable[Any]) -> WarmReport:
+    report = WarmReport()
+    report.requested = report.skipped = sum(1 for _ in arg_sets)
+    return report
+
+
+async def _ready(report: WarmReport) -> WarmReport:
+    return report
 
 
 _tokens: dict[int, tuple[weakref.ref[Any], str]] = {}
@@ -691,6 +807,9 @@ def _sync_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     backend = core.backend
     first, rest = backend.probe or backend.get, backend.rest
     missing = MISSING
+
+    if core.prefetcher is not None:
+        return _prefetch_sync_wrapper(func, core, core.prefetcher)
 
     if core.stale_ttl is None:
 
@@ -740,6 +859,9 @@ def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     probe, arest, aget = backend.probe, backend.arest, backend.aget
     missing = MISSING
 
+    if core.prefetcher is not None:
+        return _prefetch_async_wrapper(func, core, core.prefetcher)
+
     if core.stale_ttl is None and probe is not None and arest is None:
 
         @functools.wraps(func)
@@ -782,6 +904,49 @@ def _async_wrapper(func: Callable[..., Any], core: _Core) -> Callable[..., Any]:
     return general_wrapper
 
 
+def _prefetch_sync_wrapper(
+    func: Callable[..., Any], core: _Core, prefetcher: Prefetcher
+) -> Callable[..., Any]:
+    """The sync wrapper plus learning: each call is observed, the next one prefetched."""
+    make_key, miss, stats, observe = core.keys.build, core.miss, core.stats, prefetcher.observe
+    read, inflight = core.read_raw, prefetcher.inflight
+    missing = MISSING
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = make_key(args, kwargs)
+        value = read(key)
+        if value is not missing:
+            stats.hits += 1
+            observe(key, args, kwargs, True)
+            return value
+        observe(key, args, kwargs, key in inflight)  # starts the next prefetch first
+        return miss(key, args, kwargs)
+
+    return wrapper
+
+
+def _prefetch_async_wrapper(
+    func: Callable[..., Any], core: _Core, prefetcher: Prefetcher
+) -> Callable[..., Any]:
+    make_key, amiss, stats, observe = core.keys.build, core.amiss, core.stats, prefetcher.observe
+    aread, inflight = core.aread_raw, prefetcher.inflight
+    missing = MISSING
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = make_key(args, kwargs)
+        value = await aread(key)
+        if value is not missing:
+            stats.hits += 1
+            observe(key, args, kwargs, True)
+            return value
+        observe(key, args, kwargs, key in inflight)
+        return await amiss(key, args, kwargs)
+
+    return wrapper
+
+
 def _passthrough(func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     """The kill switch: call through, keep the cache controls so callers do not break."""
     if is_async:
@@ -809,9 +974,17 @@ def _attach(wrapper: Any, core: _Core) -> None:
     async def acache_invalidate(*args: Any, **kwargs: Any) -> bool:
         return await core.ainvalidate(core.keys(args, kwargs))
 
+    def cache_warm(arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        return core.warm(wrapper, cache_key, arg_sets, concurrency)
+
+    async def acache_warm(arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport:
+        return await core.awarm(wrapper, cache_key, arg_sets, concurrency)
+
     wrapper.cache_key = cache_key
     wrapper.cache_invalidate = cache_invalidate
     wrapper.acache_invalidate = acache_invalidate
+    wrapper.cache_warm = cache_warm
+    wrapper.acache_warm = acache_warm
     wrapper.cache_clear = core.clear
     wrapper.acache_clear = core.aclear
     wrapper.cache_stats = core.snapshot
@@ -858,6 +1031,13 @@ class _BoundCachedMethod(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     def cache_stats(self) -> CacheStats:
         return self._self_parent._self_core.snapshot()  # type: ignore[no-any-return]
 
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        return self._self_parent._self_core.warm(self, self.cache_key, arg_sets, concurrency)
+
+    async def acache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport:
+        core: _Core = self._self_parent._self_core
+        return await core.awarm(self, self.cache_key, arg_sets, concurrency)
+
 
 class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     __bound_function_wrapper__ = _BoundCachedMethod
@@ -886,6 +1066,12 @@ class _CachedMethod(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     def cache_stats(self) -> CacheStats:
         return self._self_core.snapshot()
 
+    def cache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> Any:
+        return self._self_core.warm(self, self.cache_key, arg_sets, concurrency)
+
+    async def acache_warm(self, arg_sets: Iterable[Any], *, concurrency: int = 8) -> WarmReport:
+        return await self._self_core.awarm(self, self.cache_key, arg_sets, concurrency)
+
 
 def _method_wrapper(target: Any, core: _Core, is_async: bool, disabled: bool) -> Any:
     method_key, stats = core.method_key, core.stats
@@ -898,12 +1084,16 @@ def _method_wrapper(target: Any, core: _Core, is_async: bool, disabled: bool) ->
     missing = MISSING
     swr = core.stale_ttl is not None
     clock = core.clock
+    prefetcher = core.prefetcher
 
     if not is_async:
 
         def sync_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             key = method_key(instance, args, kwargs)
             entry = core.read_raw(key)
+            if prefetcher is not None:
+                served = entry is not missing or key in prefetcher.inflight
+                prefetcher.observe(key, _full_args(instance, args), kwargs, served)
             if entry is missing:
                 return core.miss(key, _full_args(instance, args), kwargs)
             if not swr:
@@ -920,6 +1110,9 @@ def _method_wrapper(target: Any, core: _Core, is_async: bool, disabled: bool) ->
     async def async_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         key = method_key(instance, args, kwargs)
         entry = await core.aread_raw(key)
+        if prefetcher is not None:
+            served = entry is not missing or key in prefetcher.inflight
+            prefetcher.observe(key, _full_args(instance, args), kwargs, served)
         if entry is missing:
             return await core.amiss(key, _full_args(instance, args), kwargs)
         if not swr:

@@ -52,6 +52,16 @@ class CacheStats:
     refresh_errors: int
     currsize: int
     mean_miss_seconds: float
+    prefetches: int = 0
+    """Entries computed ahead by ``prefetch=`` (0 when prefetch is off)."""
+    prefetch_used: int = 0
+    """Of those, entries a later call was served from."""
+    prefetch_errors: int = 0
+
+    @property
+    def prefetch_accuracy(self) -> float:
+        """Prefetched entries that were used, over prefetched entries (0.0 if none)."""
+        return self.prefetch_used / self.prefetches if self.prefetches else 0.0
 
     @property
     def hit_rate(self) -> float:

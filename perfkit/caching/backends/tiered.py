@@ -1,13 +1,26 @@
-"""Two tiers: a process-local L1 in front of a shared L2 (usually Redis).
+"""Two or three tiers: a process-local L1 in front of shared tiers (disk, Redis).
 
-Reads try L1, then L2; an L2 hit fills L1 for at most the entry's remaining L2 lifetime
-(and at most ``l1_ttl``). Writes go through both. When L2 is down, L1 keeps serving and
-accepting writes; the L2 error still reaches the decorator, which counts it.
+``TieredBackend(l1, l2)``: memory over a shared tier (usually Redis).
+``TieredBackend(l1, l2, l3)``: memory over a host-local tier (usually ``DiskBackend``)
+over a shared tier (usually Redis).
 
-Invalidation reaches other processes: ``delete`` and ``clear_namespace`` publish on a
-Redis pub/sub channel, and every TieredBackend listening on it drops the entry from its
-own L1. When the subscription drops (Redis restarts), a process cannot know what it
-missed, so it clears its L1 once it is back: slower for a moment, never stale.
+Reads try each tier in order. A hit in a lower tier fills the tiers above it (for at most
+the entry's remaining lifetime, and at most ``l1_ttl`` in L1); with ``promote_after=N``
+only once the key has been read N times from below, so one-off reads of large values do
+not churn memory. Writes go to every tier, except that with ``l2_writes="on_evict"`` the
+middle tier of three receives entries only when L1 evicts them (demotion) or when a read
+promotes them from L3: a victim cache that spares disk writes for entries memory still holds.
+
+When a tier is down, the others keep serving and accepting writes; the error still
+reaches the decorator, which counts it.
+
+Invalidation reaches every tier and other processes: ``delete`` and ``clear_namespace``
+remove from each tier, then publish on a Redis pub/sub channel; every TieredBackend
+listening drops the entry from its L1 and, with three tiers, from its host's middle tier
+(other hosts have their own disks). When the subscription drops (Redis restarts), a
+process cannot know what it missed, so it clears its L1 (and, with three tiers, its host's
+middle tier) once it is back: slower for a moment, never stale. Without a Redis tier, other
+processes' L1s see an invalidation only when their entry's ``l1_ttl`` runs out.
 """
 
 from __future__ import annotations
@@ -18,16 +31,19 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Literal
 
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
 from perfkit.caching.backends.memory import MemoryBackend
 
 logger = logging.getLogger("perfkit.cache.tiered")
 
+_READ_COUNTS_MAX = 10_000
+
 
 class TieredBackend(Backend):
-    """L1 (a :class:`MemoryBackend`) over L2 (any backend, usually ``RedisBackend``)."""
+    """L1 (a :class:`MemoryBackend`) over one or two more tiers; see the module docstring."""
 
     is_local = False
 
@@ -35,10 +51,13 @@ class TieredBackend(Backend):
         self,
         l1: MemoryBackend | None = None,
         l2: Backend | None = None,
+        l3: Backend | None = None,
         *,
         l1_ttl: float | None = 60.0,
         channel: str = "perfkit:invalidate",
         listen: bool = True,
+        promote_after: int = 1,
+        l2_writes: Literal["through", "on_evict"] = "through",
         subscribe_timeout: float = 1.0,
     ) -> None:
         if l2 is None:
@@ -47,19 +66,41 @@ class TieredBackend(Backend):
             l1 = MemoryBackend(1024)
         if not isinstance(l1, MemoryBackend):
             raise TypeError(f"l1 must be a MemoryBackend, got {l1!r}")
-        if not isinstance(l2, Backend):
-            raise TypeError(f"l2 must be a perfkit cache backend, got {l2!r}")
+        for name, tier in (("l2", l2), ("l3", l3)):
+            if tier is not None and not isinstance(tier, Backend):
+                raise TypeError(f"{name} must be a perfkit cache backend, got {tier!r}")
         if l1_ttl is not None and not l1_ttl > 0:
             raise ValueError(f"l1_ttl must be > 0 seconds or None, got {l1_ttl!r}")
+        if isinstance(promote_after, bool) or not isinstance(promote_after, int) or (
+            promote_after < 1
+        ):
+            raise ValueError(f"promote_after must be an int >= 1, got {promote_after!r}")
+        if l2_writes not in ("through", "on_evict"):
+            raise ValueError(f"l2_writes must be 'through' or 'on_evict', got {l2_writes!r}")
+        if l2_writes == "on_evict" and l3 is None:
+            raise ValueError("l2_writes='on_evict' needs three tiers: l2 would never be shared")
         self.l1 = l1
         self.l2 = l2
+        self.l3 = l3
+        self.lower: tuple[Backend, ...] = (l2,) if l3 is None else (l2, l3)
+        self.shared = self.lower[-1]
+        """The last tier: it holds the locks and counts, and carries invalidations."""
         self.l1_ttl = l1_ttl
         self.channel = channel
-        self.supports_sync = l2.supports_sync
+        self.promote_after = promote_after
+        self.l2_writes = l2_writes
+        self.demote_errors = 0
+        self._read_counts: OrderedDict[Key, int] = OrderedDict()
+        self._counts_lock = threading.Lock()
+        # the tiers a write reaches below L1
+        self._write_tiers = self.lower[1:] if l2_writes == "on_evict" else self.lower
+        if l2_writes == "on_evict":
+            l1.on_evict = self._demote
+        self.supports_sync = all(t.supports_sync for t in self.lower)
         self.probe = l1.get  # the decorator tries L1 without any I/O first
         self._origin = uuid.uuid4().hex
         self._listener: _Listener | None = None
-        if listen and hasattr(l2, "client") and hasattr(l2, "publish"):
+        if listen and hasattr(self.shared, "client") and hasattr(self.shared, "publish"):
             self._listener = _Listener(self)
             self._listener.start()
             # Subscribe before first use, so no invalidation sent from now on is missed
@@ -83,15 +124,28 @@ class TieredBackend(Backend):
         return self.rest(key)
 
     def rest(self, key: Key) -> Any:
-        """The L2 part of a read (after an L1 miss); fills L1 on a hit."""
-        get_with_ttl = getattr(self.l2, "get_with_ttl", None)
-        if get_with_ttl is not None:
-            value, remaining = get_with_ttl(key)
-        else:
-            value, remaining = self.l2.get(key), None
-        if value is not MISSING:
-            self.l1.set(key, value, self._l1_ttl(remaining))
-        return value
+        """The lower-tier part of a read (after an L1 miss); promotes on a hit."""
+        error: BackendError | None = None
+        for depth, tier in enumerate(self.lower):
+            try:
+                get_with_ttl = getattr(tier, "get_with_ttl", None)
+                if get_with_ttl is not None:
+                    value, remaining = get_with_ttl(key)
+                else:
+                    value, remaining = tier.get(key), None
+            except BackendError as exc:
+                error = error or exc
+                continue
+            if value is not MISSING:
+                for upper in self._promote(key, value, remaining, depth):
+                    try:
+                        upper.set(key, value, remaining)
+                    except BackendError as exc:
+                        logger.debug("promotion to %r failed: %s", upper, exc)
+                return value
+        if error is not None:
+            raise error
+        return MISSING
 
     async def aget(self, key: Key) -> Any:
         value = self.l1.get(key)
@@ -100,28 +154,74 @@ class TieredBackend(Backend):
         return await self.arest(key)
 
     async def arest(self, key: Key) -> Any:
-        aget_with_ttl = getattr(self.l2, "aget_with_ttl", None)
-        if aget_with_ttl is not None:
-            value, remaining = await aget_with_ttl(key)
-        else:
-            value, remaining = await self.l2.aget(key), None
-        if value is not MISSING:
-            self.l1.set(key, value, self._l1_ttl(remaining))
-        return value
+        error: BackendError | None = None
+        for depth, tier in enumerate(self.lower):
+            try:
+                aget_with_ttl = getattr(tier, "aget_with_ttl", None)
+                if aget_with_ttl is not None:
+                    value, remaining = await aget_with_ttl(key)
+                else:
+                    value, remaining = await tier.aget(key), None
+            except BackendError as exc:
+                error = error or exc
+                continue
+            if value is not MISSING:
+                for upper in self._promote(key, value, remaining, depth):
+                    try:
+                        await upper.aset(key, value, remaining)
+                    except BackendError as exc:
+                        logger.debug("promotion to %r failed: %s", upper, exc)
+                return value
+        if error is not None:
+            raise error
+        return MISSING
 
-    # -- writes ----------------------------------------------------------------------
-    def set(self, key: Key, value: Any, ttl: float | None) -> None:
-        # L2 first: a value it cannot serialise must not live on in L1 alone.
+    def _promote(
+        self, key: Key, value: Any, remaining: float | None, depth: int
+    ) -> tuple[Backend, ...]:
+        """A hit at ``depth`` below L1: fill L1 if the key is due (``promote_after``) and
+        return the lower tiers above ``depth`` that the caller must fill too."""
+        if not self._promotes(key):
+            return ()
+        self.l1.set(key, value, self._l1_ttl(remaining))
+        return self.lower[:depth]  # with l2_writes="on_evict" too: a read is not a write
+
+    def _promotes(self, key: Key) -> bool:
+        if self.promote_after == 1:
+            return True
+        with self._counts_lock:
+            reads = self._read_counts.pop(key, 0) + 1
+            if reads >= self.promote_after:
+                return True
+            self._read_counts[key] = reads
+            if len(self._read_counts) > _READ_COUNTS_MAX:
+                self._read_counts.popitem(last=False)
+            return False
+
+    def _demote(self, key: Key, value: Any, remaining: float | None) -> None:
+        """L1 evicted a live entry: keep it in the middle tier (``l2_writes='on_evict'``)."""
         try:
-            self.l2.set(key, value, ttl)
+            add = getattr(self.l2, "add", None)
+            if add is not None:
+                add(key, value, remaining)
+            else:
+                self.l2.set(key, value, remaining)
+        except (BackendError, TypeError):
+            self.demote_errors += 1
+
+    # -- writes and invalidation: every tier, first error re-raised after the rest ----
+    def set(self, key: Key, value: Any, ttl: float | None) -> None:
+        # Lower tiers first: a value they cannot serialise must not live on in L1 alone.
+        try:
+            _each(self._write_tiers, lambda t: t.set(key, value, ttl))
         except BackendError:
-            self.l1.set(key, value, self._l1_ttl(ttl))  # L2 down: L1 keeps working
+            self.l1.set(key, value, self._l1_ttl(ttl))  # a tier is down: L1 keeps working
             raise
         self.l1.set(key, value, self._l1_ttl(ttl))
 
     async def aset(self, key: Key, value: Any, ttl: float | None) -> None:
         try:
-            await self.l2.aset(key, value, ttl)
+            await _aeach(self._write_tiers, lambda t: t.aset(key, value, ttl))
         except BackendError:
             self.l1.set(key, value, self._l1_ttl(ttl))
             raise
@@ -129,73 +229,121 @@ class TieredBackend(Backend):
 
     def delete(self, key: Key) -> bool:
         local = self.l1.delete(key)
-        shared = self.l2.delete(key)
+        found = _each(self.lower, lambda t: t.delete(key))
         self._publish({"key": repr(key)})
-        return local or shared
+        return local or any(found)
 
     async def adelete(self, key: Key) -> bool:
         local = self.l1.delete(key)
-        shared = await self.l2.adelete(key)
+        found = await _aeach(self.lower, lambda t: t.adelete(key))
         await self._apublish({"key": repr(key)})
-        return local or shared
+        return local or any(found)
 
     def clear_namespace(self, namespace: str) -> int:
         self.l1.clear_namespace(namespace)
-        removed = self.l2.clear_namespace(namespace)
+        removed = _each(self.lower, lambda t: t.clear_namespace(namespace))
         self._publish({"ns": namespace})
-        return removed
+        return int(removed[-1])
 
     async def aclear_namespace(self, namespace: str) -> int:
         self.l1.clear_namespace(namespace)
-        removed = await self.l2.aclear_namespace(namespace)
+        removed = await _aeach(self.lower, lambda t: t.aclear_namespace(namespace))
         await self._apublish({"ns": namespace})
-        return removed
+        return int(removed[-1])
 
     def count_namespace(self, namespace: str) -> int:
-        return self.l2.count_namespace(namespace)
+        return self.shared.count_namespace(namespace)
 
     def _publish(self, message: dict[str, str]) -> None:
-        publish = getattr(self.l2, "publish", None)
+        publish = getattr(self.shared, "publish", None)
         if publish is not None:
             publish(self.channel, json.dumps({"origin": self._origin, **message}))
 
     async def _apublish(self, message: dict[str, str]) -> None:
-        apublish = getattr(self.l2, "apublish", None)
+        apublish = getattr(self.shared, "apublish", None)
         if apublish is not None:
             await apublish(self.channel, json.dumps({"origin": self._origin, **message}))
 
     # -- locks and counters come from the shared tier ---------------------------------
     def acquire_lock(self, key: Key, lease: float) -> str | None:
-        return self.l2.acquire_lock(key, lease)
+        return self.shared.acquire_lock(key, lease)
 
     def release_lock(self, key: Key, token: str) -> None:
-        self.l2.release_lock(key, token)
+        self.shared.release_lock(key, token)
 
     async def aacquire_lock(self, key: Key, lease: float) -> str | None:
-        return await self.l2.aacquire_lock(key, lease)
+        return await self.shared.aacquire_lock(key, lease)
 
     async def arelease_lock(self, key: Key, token: str) -> None:
-        await self.l2.arelease_lock(key, token)
+        await self.shared.arelease_lock(key, token)
 
     @property
     def evictions(self) -> int:
         return self.l1.evictions
 
     def apply_invalidation(self, raw: bytes | str) -> None:
-        """Act on one pub/sub message: drop a key or a namespace from L1."""
+        """Act on one pub/sub message: drop a key or a namespace from L1 (and this host's
+        middle tier, with three tiers)."""
+        local = (self.l1, self.l2) if self.l3 is not None else (self.l1,)
         try:
             message = json.loads(raw)
             if "ns" in message:
-                self.l1.clear_namespace(str(message["ns"]))
+                for tier in local:
+                    tier.clear_namespace(str(message["ns"]))
             else:
-                self.l1.delete(ast.literal_eval(message["key"]))
+                key = ast.literal_eval(message["key"])
+                for tier in local:
+                    tier.delete(key)
+        except BackendError:
+            logger.debug("could not apply an invalidation to the middle tier", exc_info=True)
         except (ValueError, KeyError, TypeError, SyntaxError, MemoryError):
             self.l1.clear()  # cannot tell what it meant: be safe, drop everything local
+
+    def forget_local(self) -> None:
+        """Drop what this process and host hold locally (L1, and with three tiers the middle
+        tier): after a lost subscription, invalidations may have been missed."""
+        self.l1.clear()
+        clear = getattr(self.l2, "clear", None) if self.l3 is not None else None
+        if clear is not None:
+            try:
+                clear()
+            except BackendError:
+                logger.debug("could not clear the middle tier after a lost subscription",
+                             exc_info=True)
 
     def close(self) -> None:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
+
+
+def _each(tiers: tuple[Backend, ...], op: Any) -> list[Any]:
+    """Apply ``op`` to every tier; a tier that is down does not stop the others."""
+    results: list[Any] = []
+    error: BackendError | None = None
+    for tier in tiers:
+        try:
+            results.append(op(tier))
+        except BackendError as exc:
+            error = error or exc
+            results.append(0)
+    if error is not None:
+        raise error
+    return results
+
+
+async def _aeach(tiers: tuple[Backend, ...], op: Any) -> list[Any]:
+    results: list[Any] = []
+    error: BackendError | None = None
+    for tier in tiers:
+        try:
+            results.append(await op(tier))
+        except BackendError as exc:
+            error = error or exc
+            results.append(0)
+    if error is not None:
+        raise error
+    return results
 
 
 class _Listener(threading.Thread):
@@ -217,10 +365,10 @@ class _Listener(threading.Thread):
         while not self._stop_event.is_set():
             pubsub = None
             try:
-                pubsub = self.tiered.l2.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
+                pubsub = self.tiered.shared.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
                 pubsub.subscribe(self.tiered.channel)
                 if lost:  # we may have missed invalidations while disconnected
-                    self.tiered.l1.clear()
+                    self.tiered.forget_local()
                     lost = False
                 self.subscribed.set()
                 delay = 0.1

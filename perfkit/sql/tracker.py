@@ -1,0 +1,505 @@
+"""``QueryTracker``: what SQL a block of code ran, how long it took and what was wrong with it.
+
+Public SQLAlchemy events only (no patching of ORM internals, which breaks on patch
+releases): ``before/after_cursor_execute`` on the ``Engine`` *class*, so engines created
+later - and the sync engine behind every ``AsyncEngine`` - are seen, and ``do_orm_execute``
+on the ``Session`` class to label lazy loads with their relationship and parent. Statements
+from every thread count toward the tracker that is running (a TestClient serves the app
+from another thread). Listeners never raise into user code: an internal error is kept as
+a note.
+
+Per statement the tracker records driver+server time (after-minus-before cursor execute),
+the normalised shape and rows for ``executemany``; it walks the stack only once per *new*
+shape, to the first frame outside SQLAlchemy, perfkit and installed packages. EXPLAIN runs
+once per shape while tracking, and the time it takes is reported in ``overhead`` so a
+latency measurement around the same code can take it out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import sysconfig
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan
+from perfkit.sql.shapes import is_transaction_control, normalize, statement_kind
+
+__all__ = [
+    "Finding",
+    "LazyLoad",
+    "QueryTracker",
+    "ShapeSummary",
+    "Statement",
+    "listeners_installed",
+    "uninstall_listeners",
+]
+
+_MAX_TEXT = 2000
+_SHAPE_CACHE_SIZE = 4096
+_MAX_NOTES = 20
+
+
+@dataclass(frozen=True)
+class LazyLoad:
+    """ORM context of a statement emitted by a lazy load (or an expired-column reload)."""
+
+    relationship: str  # "User.posts", or "User.<columns>" for a column reload
+    parent: str  # identity of the parent object, to count distinct parents
+    direction: str  # "MANYTOONE", "ONETOMANY", "MANYTOMANY" or "COLUMN"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One executed statement."""
+
+    text: str
+    shape: str
+    duration: float
+    rows: int  # parameter sets: > 1 for executemany
+    caller: str
+    thread: str
+    dialect: str
+    lazy: LazyLoad | None = None
+
+
+@dataclass
+class ShapeSummary:
+    """All executions of one statement shape."""
+
+    shape: str
+    count: int = 0
+    total_time: float = 0.0
+    max_time: float = 0.0
+    caller: str = ""
+    example: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong with the SQL of a block: ``kind`` is ``"n_plus_one"``,
+    ``"full_scan"``, ``"slow"`` or ``"explain_note"`` (could not check)."""
+
+    kind: str
+    shape: str
+    message: str
+    hint: str = ""
+    caller: str = ""
+    count: int = 0
+
+    def describe(self) -> str:
+        parts = [self.message]
+        if self.caller:
+            parts.append(f"at {self.caller}")
+        if self.hint:
+            parts.append(f"fix: {self.hint}")
+        return "; ".join(parts)
+
+
+def _library_roots() -> tuple[str, ...]:
+    roots = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+             sysconfig.get_paths()["platlib"]}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # perfkit/
+    roots.add(here + os.sep)
+    plugin_dir = os.path.join(os.path.dirname(here), "pytest_perfkit")
+    roots.add(plugin_dir + os.sep)
+    try:
+        import sqlalchemy
+
+        roots.add(os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep)
+    except ImportError:  # pragma: no cover - tracker is useless without it anyway
+        pass
+    for module in ("_pytest", "pluggy", "anyio", "pytest_asyncio", "starlette", "fastapi",
+                   "httpx"):
+        loaded = sys.modules.get(module)
+        if loaded is not None and getattr(loaded, "__file__", None):
+            roots.add(os.path.dirname(os.path.abspath(loaded.__file__ or "")) + os.sep)
+    return tuple(sorted(roots))
+
+
+def _first_user_frame(roots: tuple[str, ...]) -> str:
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(roots) and not filename.startswith("<frozen"):
+            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return "?"
+
+
+_shape_cache: dict[str, str] = {}
+
+
+def _shape_of(text: str) -> str:
+    shape = _shape_cache.get(text)
+    if shape is None:
+        shape = normalize(text)
+        if len(_shape_cache) >= _SHAPE_CACHE_SIZE:
+            _shape_cache.clear()
+        _shape_cache[text] = shape
+    return shape
+
+
+_PENDING_LAZY: ContextVar[LazyLoad | None] = ContextVar("perfkit_pending_lazy_load",
+                                                       default=None)
+"""The lazy load whose statement is about to run, in this context. A context variable, not
+a thread-local: on an ``AsyncEngine`` many requests share the event loop's thread and
+interleave between ``do_orm_execute`` and the cursor events (SQLAlchemy runs each in a
+greenlet carrying its task's context), so a thread-local hands one request's label to
+another's statement."""
+
+
+class _Dispatcher:
+    """The one set of SQLAlchemy listeners, shared by every tracker in the process."""
+
+    def __init__(self) -> None:
+        self.active: tuple[QueryTracker, ...] = ()
+        self.installed = False
+        self.lock = threading.Lock()
+
+    def install(self) -> None:
+        with self.lock:
+            if self.installed:
+                return
+            try:
+                from sqlalchemy import Engine, event
+                from sqlalchemy.orm import Session
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise ImportError(
+                    "perfkit.sql needs SQLAlchemy 2: pip install 'perfkit[sql]'"
+                ) from exc
+            event.listen(Engine, "before_cursor_execute", self.before)
+            event.listen(Engine, "after_cursor_execute", self.after)
+            event.listen(Session, "do_orm_execute", self.orm_execute)
+            self.installed = True
+
+    def uninstall(self) -> None:
+        with self.lock:
+            if not self.installed:
+                return
+            from sqlalchemy import Engine, event
+            from sqlalchemy.orm import Session
+
+            event.remove(Engine, "before_cursor_execute", self.before)
+            event.remove(Engine, "after_cursor_execute", self.after)
+            event.remove(Session, "do_orm_execute", self.orm_execute)
+            self.installed = False
+
+    def add(self, tracker: QueryTracker) -> None:
+        self.install()
+        with self.lock:
+            self.active = (*self.active, tracker)
+
+    def remove(self, tracker: QueryTracker) -> None:
+        with self.lock:
+            self.active = tuple(t for t in self.active if t is not tracker)
+
+    # --- listeners: every one guarded, none may raise into user code ---
+
+    def orm_execute(self, state: Any) -> None:
+        if not self.active:
+            return
+        try:
+            parent = state.lazy_loaded_from
+            if parent is None and not state.is_column_load:
+                _PENDING_LAZY.set(None)
+                return
+            if state.is_column_load:
+                mapper = state.bind_mapper if hasattr(state, "bind_mapper") else None
+                name = getattr(getattr(mapper, "class_", None), "__name__", "?")
+                identity = state.load_options._refresh_identity_token or id(state)
+                _PENDING_LAZY.set(LazyLoad(f"{name}.<columns>", repr(identity), "COLUMN"))
+                return
+            prop = state.loader_strategy_path.prop
+            relationship = f"{prop.parent.class_.__name__}.{prop.key}"
+            _PENDING_LAZY.set(LazyLoad(
+                relationship, repr(parent.identity_key or id(parent)), prop.direction.name
+            ))
+        except Exception as exc:
+            _PENDING_LAZY.set(None)
+            self.note(f"do_orm_execute listener: {exc!r}")
+
+    def before(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+               context: Any, executemany: bool) -> None:
+        if not self.active:
+            return
+        try:
+            context._perfkit_started = time.perf_counter()
+        except Exception:  # pragma: no cover - context objects accept attributes
+            pass
+
+    def after(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+              context: Any, executemany: bool) -> None:
+        finished = time.perf_counter()
+        if not self.active:
+            return
+        try:
+            started = getattr(context, "_perfkit_started", finished)
+            lazy = _PENDING_LAZY.get()
+            if lazy is not None:
+                _PENDING_LAZY.set(None)
+            for tracker in self.active:
+                tracker._record(conn, cursor, statement, parameters, executemany,
+                                finished - started, lazy)
+        except Exception as exc:
+            self.note(f"after_cursor_execute listener: {exc!r}")
+
+    def note(self, message: str) -> None:
+        for tracker in self.active:
+            tracker._note(message)
+
+
+_DISPATCHER = _Dispatcher()
+
+
+def listeners_installed() -> bool:
+    """Whether perfkit's SQLAlchemy listeners are currently installed."""
+    return _DISPATCHER.installed
+
+
+def uninstall_listeners() -> None:
+    """Remove perfkit's SQLAlchemy listeners if no tracker is running (e.g. at session end)."""
+    if not _DISPATCHER.active:
+        _DISPATCHER.uninstall()
+
+
+class QueryTracker:
+    """Record the SQLAlchemy statements run while it is active (``with`` or start/stop).
+
+    ``include_transaction_control``: also count BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE.
+    ``explain``: check each new SELECT/UPDATE/DELETE shape for full table scans.
+    ``slow``: seconds over which one statement is a finding (``None``: never).
+    ``n_plus_one``: repetitions of one SELECT shape that make an N+1 finding (0: off).
+    ``lazy_parents``: distinct parents lazily loading one relationship that make a finding.
+    ``allow``: shell-style patterns of shapes exempt from N+1 findings.
+    ``engine``: only statements of this engine (or ``AsyncEngine``); default all engines.
+    ``max_statements``: statements kept in memory; counts and shapes stay exact past it.
+    """
+
+    def __init__(
+        self,
+        *,
+        include_transaction_control: bool = False,
+        explain: bool = True,
+        slow: float | None = None,
+        n_plus_one: int = 5,
+        lazy_parents: int = 2,
+        allow: Iterable[str] = (),
+        engine: Any = None,
+        max_statements: int = 10_000,
+    ) -> None:
+        if slow is not None and slow < 0:
+            raise ValueError(f"slow: must be >= 0 seconds or None, got {slow!r}")
+        if n_plus_one < 0:
+            raise ValueError(f"n_plus_one: must be >= 0 (0 turns it off), got {n_plus_one!r}")
+        if lazy_parents < 0:
+            raise ValueError(f"lazy_parents: must be >= 0 (0: off), got {lazy_parents!r}")
+        if max_statements < 1:
+            raise ValueError(f"max_statements: must be >= 1, got {max_statements!r}")
+        self.include_transaction_control = include_transaction_control
+        self.explain = explain
+        self.slow = slow
+        self.n_plus_one = n_plus_one
+        self.lazy_parents = lazy_parents
+        self.allow = tuple(allow)
+        self.engine = getattr(engine, "sync_engine", engine)
+        self.max_statements = max_statements
+        self._roots = _library_roots()
+        self._lock = threading.Lock()
+        self.reset()
+
+    # --- lifecycle ---
+
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        self.statements: list[Statement] = []
+        self.count = 0
+        self.rows = 0
+        self.db_time = 0.0
+        self.overhead = 0.0
+        self.dialects: set[str] = set()
+        self.notes: list[str] = []
+        self._shapes: dict[str, ShapeSummary] = {}
+        self._plans: dict[str, PlanCheck] = {}
+        self._lazy: dict[str, set[str]] = {}
+        self._lazy_direction: dict[str, str] = {}
+        self._lazy_shape: dict[str, str] = {}
+        self.active = False
+
+    def start(self) -> QueryTracker:
+        if not self.active:
+            self.active = True
+            _DISPATCHER.add(self)
+        return self
+
+    def stop(self) -> None:
+        if self.active:
+            _DISPATCHER.remove(self)
+            self.active = False
+
+    def __enter__(self) -> QueryTracker:
+        self.reset()
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # --- recording (called from listeners, on any thread) ---
+
+    def _note(self, message: str) -> None:
+        if len(self.notes) < _MAX_NOTES and message not in self.notes:
+            self.notes.append(message)
+
+    def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                executemany: bool, duration: float, lazy: LazyLoad | None) -> None:
+        if self.engine is not None and conn.engine is not self.engine:
+            return
+        if not self.include_transaction_control and is_transaction_control(statement):
+            return
+        shape = _shape_of(statement)
+        dialect = conn.dialect.name
+        rows = len(parameters) if executemany and hasattr(parameters, "__len__") else 1
+        with self._lock:
+            summary = self._shapes.get(shape)
+            new_shape = summary is None
+            if summary is None:
+                summary = ShapeSummary(shape, caller=_first_user_frame(self._roots),
+                                       example=statement[:_MAX_TEXT])
+                self._shapes[shape] = summary
+            summary.count += 1
+            summary.total_time += duration
+            summary.max_time = max(summary.max_time, duration)
+            self.count += 1
+            self.rows += rows
+            self.db_time += duration
+            self.dialects.add(dialect)
+            if lazy is not None:
+                parents = self._lazy.setdefault(lazy.relationship, set())
+                if len(parents) < 10_000:
+                    parents.add(lazy.parent)
+                self._lazy_direction[lazy.relationship] = lazy.direction
+                self._lazy_shape.setdefault(lazy.relationship, shape)
+            if len(self.statements) < self.max_statements:
+                self.statements.append(Statement(
+                    statement[:_MAX_TEXT], shape, duration, rows, summary.caller,
+                    threading.current_thread().name, dialect, lazy,
+                ))
+        if new_shape and self.explain and statement_kind(shape) in ("SELECT", "UPDATE",
+                                                                     "DELETE", "WITH"):
+            began = time.perf_counter()
+            try:
+                raw = conn.connection.dbapi_connection
+                plan = check_plan(dialect, raw, statement, parameters, shape,
+                                  executemany=executemany)
+            except Exception as exc:
+                plan = PlanCheck(note=f"EXPLAIN failed: {exc!r}"[:300])
+            with self._lock:
+                self._plans[shape] = plan
+                self.overhead += time.perf_counter() - began
+
+    # --- results ---
+
+    @property
+    def texts(self) -> list[str]:
+        """Statement texts in execution order (up to ``max_statements``)."""
+        return [s.text for s in self.statements]
+
+    @property
+    def shapes(self) -> list[ShapeSummary]:
+        """Every shape seen, most frequent first."""
+        with self._lock:
+            return sorted(self._shapes.values(), key=lambda s: (-s.count, -s.total_time))
+
+    def shape_counts(self) -> Counter[str]:
+        with self._lock:
+            return Counter({shape: s.count for shape, s in self._shapes.items()})
+
+    @property
+    def plans(self) -> dict[str, PlanCheck]:
+        with self._lock:
+            return dict(self._plans)
+
+    def _allowed(self, shape: str) -> bool:
+        return any(fnmatch.fnmatchcase(shape, pattern) or pattern in shape
+                   for pattern in self.allow)
+
+    def n_plus_one_findings(self) -> list[Finding]:
+        findings: list[Finding] = []
+        covered: set[str] = set()
+        with self._lock:
+            lazy = {name: len(parents) for name, parents in self._lazy.items()}
+            shapes = list(self._shapes.values())
+        if self.lazy_parents:
+            for relationship, parents in sorted(lazy.items()):
+                shape = self._lazy_shape[relationship]
+                if parents < self.lazy_parents or self._allowed(shape):
+                    continue
+                covered.add(shape)
+                direction = self._lazy_direction[relationship]
+                if direction == "COLUMN":
+                    hint = ("load the columns up front (undefer / load_only) or keep objects "
+                            "fresh with Session(expire_on_commit=False)")
+                elif direction == "MANYTOONE":
+                    hint = f"options(joinedload({relationship}))"
+                else:
+                    hint = f"options(selectinload({relationship}))"
+                summary = self._shapes[shape]
+                findings.append(Finding(
+                    "n_plus_one", shape,
+                    f"N+1: {relationship} lazily loaded for {parents} parents "
+                    f"({summary.count} queries)", hint, summary.caller, summary.count,
+                ))
+        if self.n_plus_one:
+            for summary in shapes:
+                if (summary.count < self.n_plus_one or summary.shape in covered
+                        or not summary.shape.startswith(("SELECT", "WITH"))
+                        or self._allowed(summary.shape)):
+                    continue
+                findings.append(Finding(
+                    "n_plus_one", summary.shape,
+                    f"N+1: the same query ran {summary.count} times",
+                    "fetch the rows in one query (WHERE ... IN (...)) or eager-load the "
+                    "relationship (selectinload / joinedload)", summary.caller, summary.count,
+                ))
+        return findings
+
+    def scan_findings(self) -> list[Finding]:
+        findings: list[Finding] = []
+        for shape, plan in self.plans.items():
+            caller = self._shapes[shape].caller
+            scan: ScanFinding
+            for scan in plan.findings:
+                findings.append(Finding(
+                    "full_scan", shape, f"full table scan of {scan.table}: {scan.detail}",
+                    scan.suggestion, caller, self._shapes[shape].count,
+                ))
+        return findings
+
+    def explain_notes(self) -> list[Finding]:
+        return [Finding("explain_note", shape, f"could not check the plan: {plan.note}",
+                        caller=self._shapes[shape].caller)
+                for shape, plan in self.plans.items()
+                if not plan.checked and plan.note.startswith("EXPLAIN failed")]
+
+    def slow_findings(self) -> list[Finding]:
+        if self.slow is None:
+            return []
+        return [Finding("slow", s.shape,
+                        f"slow statement: {s.max_time * 1e3:.1f}ms "
+                        f"(threshold {self.slow * 1e3:.1f}ms, {s.count}x)",
+                        "check its plan and indexes", s.caller, s.count)
+                for s in self.shapes if s.max_time > self.slow]
+
+    def findings(self) -> list[Finding]:
+        """N+1, full-scan, slow-statement findings and could-not-check notes."""
+        return (self.n_plus_one_findings() + self.scan_findings() + self.slow_findings()
+                + self.explain_notes())

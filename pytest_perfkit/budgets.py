@@ -1,0 +1,184 @@
+"""Budget keywords, their parsers and the layering of defaults: ini < env < CLI < marker.
+
+Every keyword of ``@pytest.mark.perf_budget(...)`` is also a session default under the
+same name: ini ``perf_budget_<name>``, environment ``PERF_BUDGET_<NAME>``, command line
+``--perf-budget-<name>``. A value that cannot be read is a usage error naming where it
+came from; it is never replaced by a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from perfkit.measure.units import format_duration, format_size, parse_duration, parse_size
+
+__all__ = ["BUDGET_KEYWORDS", "Budget", "Mode", "parse_keyword"]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A rule that can be off, reported as a warning, or enforced (``fail``)."""
+
+    action: str  # "off", "warn", "fail"
+    threshold: int = 0
+
+    def __str__(self) -> str:
+        if self.threshold and self.action != "off":
+            return f"{self.action}:{self.threshold}"
+        return self.action
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{name}: expected a whole number >= 0, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected a whole number >= 0, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    return number
+
+
+def _flag(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
+
+
+def _mode(value: object, name: str, default_threshold: int = 0) -> Mode:
+    """``"off"``, ``"warn"``, ``"fail"``, ``True`` (fail), ``False`` (off), an integer
+    threshold (fail at that count) or ``"warn:10"`` / ``"fail:10"``."""
+    if isinstance(value, bool):
+        return Mode("fail" if value else "off", default_threshold)
+    if isinstance(value, int):
+        if value < 2 and default_threshold:
+            raise ValueError(f"{name}: threshold must be >= 2, got {value!r}")
+        return Mode("fail", value)
+    if isinstance(value, str):
+        action, _, threshold = value.strip().lower().partition(":")
+        if action in ("off", "warn", "fail"):
+            if not threshold:
+                return Mode(action, default_threshold)
+            if default_threshold:
+                number = _count(threshold, name)
+                if number >= 2:
+                    return Mode(action, number)
+        elif action.isdigit() and default_threshold and int(action) >= 2:
+            return Mode("fail", int(action))
+    accepted = "'off', 'warn', 'fail', True/False" + (
+        ", a threshold >= 2 or 'warn:N'/'fail:N'" if default_threshold else ""
+    )
+    raise ValueError(f"{name}: expected {accepted}, got {value!r}")
+
+
+def _patterns(value: object, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError(f"{name}: expected a shape pattern or a list of them, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """One budget keyword: parser, default, help text and how to print a value."""
+
+    name: str
+    parse: Callable[[object, str], Any]
+    default: Any
+    help: str
+    show: Callable[[Any], str] = str
+
+
+N_PLUS_ONE_THRESHOLD = 5
+
+BUDGET_KEYWORDS: dict[str, Keyword] = {k.name: k for k in (
+    Keyword("latency", parse_duration, None,
+            "wall time of the test call (e.g. 50ms); judged on the minimum of confirm runs",
+            format_duration),
+    Keyword("cpu", parse_duration, None, "CPU time of the test call (process time)",
+            format_duration),
+    Keyword("memory", parse_size, None,
+            "Python heap peak during the call (tracemalloc, separate run), e.g. 20MB",
+            format_size),
+    Keyword("rss", parse_size, None,
+            "growth of the process RSS high-water mark during the call, e.g. 100MB",
+            format_size),
+    Keyword("queries", _count, None, "most SQL statements the call may execute"),
+    Keyword("db_time", parse_duration, None, "total SQL time (driver + server)",
+            format_duration),
+    Keyword("slow_query", parse_duration, None,
+            "one statement slower than this is a finding (fails the test)", format_duration),
+    Keyword("n_plus_one", lambda v, n: _mode(v, n, N_PLUS_ONE_THRESHOLD),
+            Mode("warn", N_PLUS_ONE_THRESHOLD),
+            "N+1 queries: off | warn | fail | threshold (same SELECT shape N times)"),
+    Keyword("full_scans", _mode, Mode("warn"), "full table scans: off | warn | fail"),
+    Keyword("rerun", _flag, True,
+            "allow re-running the test body for confirm runs and the heap pass "
+            "(false for tests with side effects)"),
+    Keyword("allow", _patterns, (), "SQL shape patterns exempt from N+1 findings"),
+)}
+
+#: Keywords whose value is a numeric limit (what "a test with budgets" means).
+LIMITS = ("latency", "cpu", "memory", "rss", "queries", "db_time", "slow_query")
+
+
+def parse_keyword(name: str, value: object, where: str) -> Any:
+    """Parse one keyword's value; the error names ``where`` it came from and the keyword."""
+    keyword = BUDGET_KEYWORDS.get(name)
+    if keyword is None:
+        known = ", ".join(sorted(BUDGET_KEYWORDS))
+        raise ValueError(f"{where}: unknown keyword {name!r} (known: {known})")
+    try:
+        return keyword.parse(value, name)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The effective budgets of one test (after layering), plus where each came from."""
+
+    latency: float | None = None
+    cpu: float | None = None
+    memory: int | None = None
+    rss: int | None = None
+    queries: int | None = None
+    db_time: float | None = None
+    slow_query: float | None = None
+    n_plus_one: Mode = Mode("warn", N_PLUS_ONE_THRESHOLD)
+    full_scans: Mode = Mode("warn")
+    rerun: bool = True
+    allow: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def with_values(self, values: Mapping[str, Any], source: str) -> Budget:
+        sources = dict(self.sources)
+        sources.update({name: source for name in values})
+        return replace(self, **values, sources=sources)
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """The numeric limits that are set: ``{"latency": 0.05, "queries": 3}``."""
+        return {name: getattr(self, name) for name in LIMITS if getattr(self, name) is not None}
+
+    def describe(self) -> str:
+        parts = [f"{name}={BUDGET_KEYWORDS[name].show(value)}"
+                 for name, value in self.limits.items()]
+        return ", ".join(parts) or "none"
+
+
+def layer(base: Budget, values: Iterable[tuple[str, Mapping[str, object]]]) -> Budget:
+    """Apply ``(source, {keyword: raw value})`` layers in order; later layers win."""
+    budget = base
+    for source, raw in values:
+        parsed = {name: parse_keyword(name, value, source) for name, value in raw.items()}
+        budget = budget.with_values(parsed, source)
+    return budget

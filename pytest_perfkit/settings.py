@@ -1,0 +1,174 @@
+"""Session settings of the plugin, read from ini, environment and command line.
+
+Precedence, lowest first: ini (``[tool.pytest.ini_options]``) < environment
+(``PERF_BUDGET_*``) < command line (``--perf-budget-*``) < the test's marker. Budget
+keywords follow the same layering (see :mod:`pytest_perfkit.budgets`); the settings here
+apply to the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from perfkit.measure.stats import Margins
+from perfkit.measure.units import parse_duration
+from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, _count, _flag, layer
+
+__all__ = ["SETTINGS", "Settings", "add_options", "load_settings"]
+
+
+def _fraction(value: object, name: str) -> float:
+    try:
+        number = float(str(value).strip().rstrip("%")) / (100 if "%" in str(value) else 1)
+    except ValueError:
+        raise ValueError(f"{name}: expected a fraction like 0.1 or '10%', got {value!r}") from None
+    if not number >= 0:
+        raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[object, str], str]:
+    def parse(value: object, name: str) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _confirm_runs(value: object, name: str) -> int:
+    number = _count(value, name)
+    if number > 50:
+        raise ValueError(f"{name}: at most 50 confirm runs, got {value!r}")
+    return number
+
+
+def _path(value: object, name: str) -> str:
+    return str(value).strip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[object, str], Any]
+    default: Any
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("confirm_runs", _confirm_runs, 3,
+            "re-runs when a latency/CPU budget is near or over its limit (0: judge one run)"),
+    Setting("margin", _fraction, 0.10, "relative margin over a latency/CPU budget (0.1 = 10%)"),
+    Setting("margin_abs", parse_duration, 0.001, "absolute margin over a latency/CPU budget"),
+    Setting("calibrate", _flag, False,
+            "time a reference workload at start and scale latency/CPU budgets by the factor"),
+    Setting("include_transactions", _flag, False,
+            "count BEGIN/COMMIT/ROLLBACK/SAVEPOINT toward query budgets"),
+    Setting("explain", _flag, True, "EXPLAIN each new statement shape to find full table scans"),
+    Setting("xdist", _choice("warn", "enforce"), "warn",
+            "under pytest-xdist with >1 worker: 'warn' downgrades latency/CPU failures to "
+            "warnings (parallel workers inflate timings), 'enforce' keeps them"),
+    Setting("baseline", _path, "", "a JSON report of an earlier run to compare latency with"),
+    Setting("baseline_margin", _fraction, 0.25,
+            "relative slowdown against the baseline that fails"),
+    Setting("baseline_margin_abs", parse_duration, 0.002,
+            "absolute slowdown against the baseline that fails"),
+    Setting("report", _path, "", "write a JSON report (and an HTML page for .html) to this path"),
+)}
+
+
+@dataclass
+class Settings:
+    """Effective session settings and the default budget, with the source of each value."""
+
+    defaults: Budget
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def margins(self) -> Margins:
+        return Margins(self.values["margin"], self.values["margin_abs"])
+
+
+def _cli_name(name: str) -> str:
+    return "--perf-budget-" + name.replace("_", "-")
+
+
+def _dest(name: str) -> str:
+    return "perf_budget_" + name
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("perfkit", "perfkit performance budgets")
+    group.addoption(
+        "--perf-budget", action="store_true", default=False,
+        help="measure and enforce perf_budget markers and defaults (off: the plugin does "
+             "nothing per test)",
+    )
+    group.addoption(
+        "--perf-report", action="store", default=None, metavar="PATH", dest="perf_report",
+        help="write a JSON report to PATH; for PATH ending in .html also a self-contained "
+             "HTML page (JSON next to it)",
+    )
+    for keyword in BUDGET_KEYWORDS.values():
+        group.addoption(_cli_name(keyword.name), action="store", default=None,
+                        dest=_dest(keyword.name), help=f"default budget: {keyword.help}")
+        parser.addini(_dest(keyword.name), f"perfkit default budget: {keyword.help}",
+                      default=None)
+    for setting in SETTINGS.values():
+        if setting.name != "report":
+            group.addoption(_cli_name(setting.name), action="store", default=None,
+                            dest=_dest(setting.name), help=setting.help)
+        parser.addini(_dest(setting.name), f"perfkit: {setting.help}", default=None)
+
+
+def _layers(config: pytest.Config, name: str) -> list[tuple[str, object]]:
+    found: list[tuple[str, object]] = []
+    ini = config.getini(_dest(name))
+    if ini not in (None, "", []):
+        found.append((f"ini perf_budget_{name}", ini))
+    env_name = "PERF_BUDGET_" + name.upper()
+    if os.environ.get(env_name, "") != "":
+        found.append((f"env {env_name}", os.environ[env_name]))
+    cli = getattr(config.option, _dest(name), None)
+    if name == "report" and config.option.perf_report:
+        cli = config.option.perf_report
+    if cli is not None:
+        found.append((f"option {_cli_name(name) if name != 'report' else '--perf-report'}", cli))
+    return found
+
+
+def load_settings(config: pytest.Config) -> Settings:
+    """Read every option; a bad value raises ``pytest.UsageError`` naming its source."""
+    try:
+        budget_layers = []
+        for name in BUDGET_KEYWORDS:
+            for source, value in _layers(config, name):
+                budget_layers.append((source, {name: value}))
+        defaults = layer(Budget(), budget_layers)
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for setting in SETTINGS.values():
+            values[setting.name] = setting.default
+            sources[setting.name] = "default"
+            for source, raw in _layers(config, setting.name):
+                try:
+                    values[setting.name] = setting.parse(raw, setting.name)
+                except ValueError as exc:
+                    raise ValueError(f"{source}: {exc}") from None
+                sources[setting.name] = source
+    except ValueError as exc:
+        raise pytest.UsageError(f"perfkit: {exc}") from None
+    return Settings(defaults, values, sources)

@@ -1,0 +1,95 @@
+"""Turn one test's raw measurements into budget results, a payload and a failure message.
+
+Pure functions over plain data, so they are tested without pytest sessions and the
+payload (a JSON-able dict) can travel on the test report to an xdist controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfkit.measure.stats import Margins, Stats, Verdict, judge
+from perfkit.measure.units import format_duration, format_size
+
+__all__ = ["BudgetResult", "failure_message", "show"]
+
+NOT_APPLIED = "not applied"
+
+
+def show(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return format_duration(value)
+    if unit == "bytes":
+        return format_size(value)
+    return str(int(value))
+
+
+@dataclass
+class BudgetResult:
+    """One budget of one test: limit, measurement, verdict, and whether it can fail the test."""
+
+    budget: str
+    limit: float | None
+    measured: float | None
+    unit: str
+    verdict: str
+    enforced: bool = True
+    detail: str = ""
+    cause: list[str] = field(default_factory=list)
+
+    @property
+    def broken(self) -> bool:
+        return self.enforced and self.verdict == Verdict.OVER_BUDGET.value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "limit": self.limit, "measured": self.measured,
+                "unit": self.unit, "verdict": self.verdict, "enforced": self.enforced,
+                "detail": self.detail, "cause": self.cause}
+
+    def line(self) -> str:
+        if self.verdict == NOT_APPLIED:
+            return f"{self.budget}: not applied ({self.detail})"
+        relation = ">" if self.verdict != Verdict.OK.value else "<="
+        text = (f"{self.budget}: {show(self.measured, self.unit)} {relation} budget "
+                f"{show(self.limit, self.unit)} [{self.verdict}]")
+        return f"{text} - {self.detail}" if self.detail else text
+
+
+def timed_result(name: str, samples: list[float], limit: float, margins: Margins,
+                 *, scale: float, single_reason: str = "") -> BudgetResult:
+    """Judge the minimum of timing samples against ``limit`` (already scaled)."""
+    stats = Stats.of(samples)
+    verdict = judge(stats.min, limit, margins)
+    detail = (f"min of {stats.n} run{'s' if stats.n != 1 else ''} (median "
+              f"{format_duration(stats.median)}, max {format_duration(stats.max)}, spread "
+              f"{stats.spread:.0%}), margin {margins.relative:.0%} + "
+              f"{format_duration(margins.absolute)}")
+    if scale != 1.0:
+        detail += f", scale factor x{scale:.2f}"
+    if stats.n == 1 and single_reason and verdict is not Verdict.OK:
+        detail += f"; single run: {single_reason}"
+    return BudgetResult(name, limit, stats.min, "s", verdict.value, detail=detail)
+
+
+def count_result(name: str, measured: float, limit: float, unit: str,
+                 cause: list[str] | None = None, detail: str = "") -> BudgetResult:
+    """Deterministic budgets (queries, bytes, db time): over the limit is over budget."""
+    verdict = Verdict.OK if measured <= limit else Verdict.OVER_BUDGET
+    return BudgetResult(name, limit, measured, unit, verdict.value, detail=detail,
+                        cause=cause or [])
+
+
+def failure_message(nodeid: str, results: list[BudgetResult], findings: list[str],
+                    scale: float) -> str:
+    broken = [r for r in results if r.broken]
+    count = len(broken) + len(findings)
+    lines = [f"perf budget: {nodeid} broke {count} budget{'s' if count != 1 else ''}"
+             + (f" (machine scale factor x{scale:.2f})" if scale != 1.0 else "")]
+    for result in broken:
+        lines.append("  " + result.line())
+        lines.extend("      " + cause for cause in result.cause)
+    lines.extend("  " + finding for finding in findings)
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""perfkit.measure: units, statistics and verdicts, the call timer, calibration, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+
+import pytest
+
+from perfkit.measure import (
+    BenchSettings,
+    CallTimer,
+    HeapTracer,
+    Margins,
+    RssHighWater,
+    Stats,
+    Verdict,
+    abenchmark,
+    benchmark,
+    calibrate,
+    format_duration,
+    format_size,
+    judge,
+    parse_duration,
+    parse_size,
+)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    (0.05, 0.05), (2, 2.0), ("50ms", 0.05), ("50 ms", 0.05), ("1.5s", 1.5), ("200us", 2e-4),
+    ("200µs", 2e-4), ("10ns", 1e-8), ("2min", 120.0), ("0.25", 0.25), ("1e-3s", 1e-3),
+])
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (-1, "latency: must be a finite number >= 0"),
+    (float("nan"), "latency: must be a finite number >= 0"),
+    (True, "latency: expected a number"),
+    ("5 parsecs", "latency: unknown duration unit 'parsecs'"),
+    ("fast", "latency: cannot read 'fast'"),
+    ([1], "latency: expected seconds"),
+])
+def test_parse_duration_errors_name_the_parameter(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_duration(value, "latency")
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    (1024, 1024), ("20MB", 20_000_000), ("20MiB", 20 * 2**20), ("512KiB", 512 * 1024),
+    ("1.5GB", 1_500_000_000), ("64M", 64 * 2**20), ("10 kb", 10_000), ("7B", 7),
+])
+def test_parse_size(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_parse_size_errors() -> None:
+    with pytest.raises(ValueError, match="memory: unknown size unit 'MiBs'"):
+        parse_size("3MiBs", "memory")
+    with pytest.raises(ValueError, match="memory: must be a finite number >= 0"):
+        parse_size(-5, "memory")
+
+
+def test_formatting() -> None:
+    assert format_duration(0.0123) == "12.3ms"
+    assert format_duration(1.5) == "1.50s"
+    assert format_duration(2.5e-5) == "25us"
+    assert format_size(1536) == "1.5KiB"
+    assert format_size(3 * 2**20) == "3.0MiB"
+
+
+def test_stats_and_spread() -> None:
+    stats = Stats.of([3.0, 1.0, 2.0, 10.0])
+    assert (stats.n, stats.min, stats.median, stats.max) == (4, 1.0, 2.5, 10.0)
+    assert stats.p95 == pytest.approx(8.95)
+    assert stats.spread == pytest.approx(7.95)
+    assert Stats.of([5.0]).spread == 0.0
+    with pytest.raises(ValueError, match="samples"):
+        Stats.of([])
+
+
+def test_three_verdicts_with_relative_and_absolute_margins() -> None:
+    margins = Margins(relative=0.10, absolute=0.001)
+    assert margins.limit(0.050) == pytest.approx(0.056)
+    assert judge(0.050, 0.050, margins) is Verdict.OK
+    assert judge(0.055, 0.050, margins) is Verdict.WITHIN_NOISE
+    assert judge(0.0561, 0.050, margins) is Verdict.OVER_BUDGET
+    with pytest.raises(ValueError, match="relative"):
+        Margins(relative=-0.1)
+    with pytest.raises(ValueError, match="absolute"):
+        Margins(absolute=float("inf"))
+
+
+def test_call_timer_takes_gc_pauses_out_of_the_window() -> None:
+    with CallTimer() as timer:
+        garbage = [[] for _ in range(50_000)]
+        for item in garbage:
+            item.append(item)  # reference cycles
+        del garbage
+        gc.collect()
+    timing = timer.timing
+    assert timing.gc_pause > 0
+    assert timing.wall >= 0 and timing.cpu >= 0
+    assert timer._on_gc not in gc.callbacks
+
+
+def test_call_timer_excludes_instrumentation_time() -> None:
+    with CallTimer(collect=False) as timer:
+        timer.exclude(1000.0)
+    assert timer.timing.wall == 0.0 and timer.timing.excluded == 1000.0
+
+
+def test_calibration_is_a_positive_factor() -> None:
+    result = calibrate(runs=3)
+    assert result.seconds > 0 and result.factor > 0 and result.runs == 3
+    assert result.describe().startswith("x")
+    with pytest.raises(ValueError, match="runs"):
+        calibrate(runs=0)
+
+
+def _allocate() -> int:
+    blocks = [bytearray(100_000) for _ in range(40)]  # the allocation site
+    return len(blocks)
+
+
+def test_heap_tracer_reports_peak_and_the_site_alive_at_the_peak() -> None:
+    with HeapTracer() as tracer:
+        _allocate()  # freed before the block ends: only the peak remembers it
+    assert tracer.result.peak >= 4_000_000
+    top = tracer.result.sites[0]
+    assert top.file == __file__ and "bytearray(100_000)" in top.source()
+    assert not tracemalloc.is_tracing()
+
+
+def test_heap_tracer_leaves_someone_elses_tracing_running() -> None:
+    tracemalloc.start()
+    try:
+        with HeapTracer(sites=False) as tracer:
+            data = bytearray(2_000_000)
+            del data
+        assert tracer.result.peak >= 2_000_000 and tracer.result.sites == []
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("sampler", [False, True])
+def test_rss_high_water(sampler: bool) -> None:
+    with RssHighWater(sampler=sampler) as rss:
+        block = bytearray(48 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])
+        if sampler:
+            import time
+
+            time.sleep(0.02)  # let the sampling thread see it
+        del block
+    assert rss.method == ("sampled" if sampler else "vmhwm")
+    assert rss.peak >= 24 * 2**20
+    with pytest.raises(ValueError, match="interval"):
+        RssHighWater(interval=0)
+
+
+def test_benchmark_runs_bounded_rounds() -> None:
+    calls = []
+    result = benchmark(lambda x: calls.append(x) or x * 2, 21,
+                       settings=BenchSettings(min_rounds=3, max_rounds=4, max_time=0.01))
+    assert result.value == 42 and 3 <= result.rounds <= 4
+    assert len(calls) == 1 + result.rounds * result.loops  # warm-up + measured calls
+    assert result.stats.min <= result.stats.median
+    with pytest.raises(ValueError, match="min_rounds"):
+        BenchSettings(min_rounds=0)
+    with pytest.raises(ValueError, match="max_time"):
+        BenchSettings(max_time=0)
+
+
+async def test_abenchmark_awaits_the_callable() -> None:
+    async def work() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    result = await abenchmark(work, settings=BenchSettings(max_time=0.01))
+    assert result.value == "done" and result.rounds >= 5
+    with pytest.raises(TypeError, match="abenchmark"):
+        benchmark(work)
