@@ -27,7 +27,6 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     content_length,
-    header_fields,
     request_headers,
 )
 from perfkit.http_rules import merge_vary, negotiate_encoding, parse_etag
@@ -141,6 +140,7 @@ class CompressionMiddleware:
 
 _START, _PASS, _HOLD, _STREAM = 0, 1, 2, 3
 _VARY = (b"vary", b"Accept-Encoding")
+_SCANNED = frozenset({b"content-type", b"content-encoding", b"vary"})
 
 
 class _Responder:
@@ -188,10 +188,18 @@ class _Responder:
             return self.out(message)
         if status < 200 or status == 204 or status == 206:
             return self.out(message)
-        fields = header_fields(headers)
-        if b"content-encoding" in fields:
-            return self.out(message)  # already encoded: leave it alone
-        content_type = fields.get(b"content-type")
+        content_type = None
+        has_vary = False
+        for key, value in headers:
+            name = key.lower()
+            if name not in _SCANNED:
+                continue
+            if name == b"content-type":
+                content_type = value
+            elif name == b"vary":
+                has_vary = True
+            else:
+                return self.out(message)  # already encoded (Content-Encoding): leave it
         mw = self.mw
         compressible = mw._compressible.get(content_type) if content_type else False
         if compressible is None:
@@ -199,7 +207,7 @@ class _Responder:
         if not compressible:
             return self.out(message)
         # The choice depends on Accept-Encoding, compressed or not: say so in Vary.
-        if b"vary" in fields:
+        if has_vary:
             headers = list(headers)
             _add_vary(headers)
             message["headers"] = headers

@@ -23,7 +23,6 @@ from perfkit.asgi._asgi import (
     Send,
     content_length,
     empty_body,
-    header_fields,
     is_conditional,
     request_headers,
 )
@@ -164,18 +163,30 @@ class _Responder:
         await self.out(empty_body())
 
 
+_SCANNED = frozenset({b"etag", b"last-modified", b"cache-control", b"content-length"})
+
+
 def _scan(headers: Any) -> tuple[bytes | None, bytes | None, bool, int | None]:
-    """ETag, Last-Modified, no-store?, Content-Length of a response's headers."""
-    fields = header_fields(headers)
-    cache_control = fields.get(b"cache-control")
-    no_store = cache_control is not None and b"no-store" in cache_control.lower()
-    length = fields.get(b"content-length")
-    if length is not None:
-        try:
-            return fields.get(b"etag"), fields.get(b"last-modified"), no_store, int(length)
-        except ValueError:
-            pass
-    return fields.get(b"etag"), fields.get(b"last-modified"), no_store, None
+    """One pass over response headers: ETag, Last-Modified, no-store?, Content-Length."""
+    etag = modified = None
+    no_store = False
+    length: int | None = None
+    for key, value in headers:
+        name = key.lower()
+        if name not in _SCANNED:
+            continue
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+        elif name == b"etag":
+            etag = value
+        elif name == b"last-modified":
+            modified = value
+        else:
+            no_store = no_store or b"no-store" in value.lower()
+    return etag, modified, no_store, length
 
 
 def _only_validators(start: Message) -> list[tuple[bytes, bytes]]:

@@ -477,11 +477,16 @@ class ResponseCacheMiddleware:
         """The fresh stored entry for this request, if another worker has stored one."""
         record = await self._get((self.namespace, "v", request.path))
         if isinstance(record, dict) and "gen" in record:
+            prefixes = await self._log("p")
+            if prefixes and _invalidated(prefixes, request.path, record.get("created", 0.0)):
+                return None
             vary = tuple(record.get("vary", ()))
             entry_key = self._key(request, record["gen"], vary)
             raw = await self._get(entry_key) if entry_key is not None else MISSING
             entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
-            if entry is not None and self.clock() - entry.stored_at < entry.ttl:
+            if entry is not None and self.clock() - entry.stored_at < entry.ttl and not (
+                entry.tags and await self._tag_invalidated(entry)
+            ):
                 return entry, vary
         return None
 

@@ -176,13 +176,15 @@ class _Timer:
         if kind == START:
             self.ttfb = ttfb = self.clock() - self.began
             self.status = message["status"]
-            if self.header or self.spans is not None:
+            if self.spans is not None:
                 headers = list(message.get("headers", ()))
                 if self.header:
                     headers.append((b"x-response-time", b"%.3fms" % (ttfb * 1000)))
-                if self.spans is not None:
-                    _append_server_timing(headers, [("app", ttfb, None), *self.spans])
+                _append_server_timing(headers, [("app", ttfb, None), *self.spans])
                 message["headers"] = headers
+            elif self.header:
+                message["headers"] = [*message.get("headers", ()),
+                                      (b"x-response-time", b"%.3fms" % (ttfb * 1000))]
         elif kind == BODY and not message.get("more_body", False):
             self.finished = self.clock()
         return self.out(message)
