@@ -31,7 +31,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -88,7 +88,7 @@ _MAX_TAG = 256
 _MAX_REFRESHING = 256  # stale entries being refreshed at once, per middleware
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: ``answer`` memoises the hit headers
 class _Entry:
     status: int
     headers: list[tuple[bytes, bytes]]
@@ -100,6 +100,10 @@ class _Entry:
     route: str | None = None
     stale: float = 0.0  # seconds it may be served stale while one task refreshes it
     tags: tuple[str, ...] = ()
+    # The hit headers for one (age, remaining ttl) second: a local backend hands out the
+    # same entry object, so consecutive hits reuse them instead of formatting them again.
+    answer: tuple[tuple[int, int, bytes], tuple[tuple[bytes, bytes], ...]] | None = field(
+        default=None, repr=False)
 
     def __sizeof__(self) -> int:
         # MemoryBackend(max_bytes=...) measures entries with sys.getsizeof: count the body.
@@ -309,7 +313,13 @@ class ResponseCacheMiddleware:
 
         path: str = scope["path"]
         record_key = (self.namespace, "v", path)
-        record = self._lookup(record_key) if self._local else await self._get(record_key)
+        if self._local:
+            try:
+                record = self.backend.get(record_key)
+            except BackendError as exc:
+                record = self._backend_failed(exc)
+        else:
+            record = await self._get(record_key)
         if record.__class__ is dict and "pass" in record:
             if record.get("until", 0.0) > self.clock():
                 # Hit-for-pass: this path just answered with something not storable.
@@ -330,7 +340,13 @@ class ResponseCacheMiddleware:
             if prefixes and _invalidated(prefixes, path, record.get("created", 0.0)):
                 await self._call(self.backend.adelete(record_key))
             else:
-                raw = self._lookup(key) if self._local else await self._get(key)
+                if self._local:
+                    try:
+                        raw = self.backend.get(key)
+                    except BackendError as exc:
+                        raw = self._backend_failed(exc)
+                else:
+                    raw = await self._get(key)
                 entry = raw if raw.__class__ is _Entry else _Entry.load(raw)
                 if entry is not None:
                     age = self.clock() - entry.stored_at
@@ -598,7 +614,9 @@ class ResponseCacheMiddleware:
             gen = gen or secrets.token_hex(8)
             ok = await self._call(self.backend.aset(
                 (self.namespace, "v", request.path),
-                {"vary": list(vary), "gen": gen, "created": now}, self.max_ttl))
+                # A tuple in a local backend (no copy per hit); a list for JSON backends.
+                {"vary": tuple(vary) if self._local else list(vary), "gen": gen,
+                 "created": now}, self.max_ttl))
             if not ok:
                 return "detail=backend-error", None, ()
         entry_key = self._key(request, gen, tuple(vary))
@@ -618,16 +636,19 @@ class ResponseCacheMiddleware:
         """
         if entry.route is not None:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
-        out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
-        if self.cache_status is not None:
-            if text is not None:
-                out.append((b"cache-status", f"{self.cache_status}; {text}".encode()))
-            elif age < entry.ttl:
-                out.append((b"cache-status", b"%s; hit; ttl=%d" % (self._status_name,
-                                                                  entry.ttl - age)))
+        if text is None:
+            # Keyed by this middleware's status name too: two may share one backend.
+            second = (int(age), int(entry.ttl - age), self._status_name)
+            memo = entry.answer
+            if memo is not None and memo[0] == second:
+                out = list(memo[1])  # a copy: an outer layer may edit the list in place
             else:
-                out.append((b"cache-status", b"%s; hit; ttl=%d; detail=stale" % (
-                    self._status_name, math.floor(entry.ttl - age))))
+                out = self._hit_headers(entry, age)
+                entry.answer = (second, tuple(out))
+        else:
+            out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
+            if self.cache_status is not None:
+                out.append((b"cache-status", f"{self.cache_status}; {text}".encode()))
         method = scope["method"]
         if 200 <= entry.status < 300 and is_conditional(headers):
             conditions = RequestConditions.from_asgi(scope["headers"])
@@ -638,6 +659,17 @@ class ResponseCacheMiddleware:
         return ({"type": START, "status": entry.status, "headers": out},
                 {"type": BODY, "body": b"" if method == "HEAD" else entry.body,
                  "more_body": False})
+
+    def _hit_headers(self, entry: _Entry, age: float) -> list[tuple[bytes, bytes]]:
+        out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
+        if self.cache_status is not None:
+            if age < entry.ttl:
+                out.append((b"cache-status", b"%s; hit; ttl=%d" % (self._status_name,
+                                                                  entry.ttl - age)))
+            else:
+                out.append((b"cache-status", b"%s; hit; ttl=%d; detail=stale" % (
+                    self._status_name, math.floor(entry.ttl - age))))
+        return out
 
     async def _serve(self, entry: _Entry, scope: Scope, send: Send, text: str,
                      headers: dict[bytes, bytes]) -> None:
@@ -805,14 +837,6 @@ class ResponseCacheMiddleware:
             log_ = await self._log("t")
         return bool(log_) and _invalidated(log_, None, entry.stored_at, entry.tags)
 
-    def _lookup(self, key: tuple[str, ...]) -> Any:
-        """A read from a local backend: no coroutine (the hit path's largest cost)."""
-        try:
-            return self.backend.get(key)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            return MISSING
-
     async def _get(self, key: tuple[str, ...]) -> Any:
         try:
             value = self.backend.get(key) if self._local else await self.backend.aget(key)
@@ -833,11 +857,13 @@ class ResponseCacheMiddleware:
         self._backend_ok()
         return True
 
-    def _backend_failed(self, exc: BaseException) -> None:
+    def _backend_failed(self, exc: BaseException) -> Any:
+        """Count and log (once per outage) a backend failure; MISSING, for a failed read."""
         self._count("backend-error")
         if not self._backend_down:
             self._backend_down = True
             log.warning("response cache backend failed, serving uncached: %r", exc)
+        return MISSING
 
     def _backend_ok(self) -> None:
         if self._backend_down:
