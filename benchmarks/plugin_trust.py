@@ -1,12 +1,26 @@
 """How trustworthy are perfkit's latency budgets on this noisy machine?
 
-``python -m benchmarks.plugin_trust [--sessions 50]``. Six workloads (CPU loop,
-allocation-heavy, dict/str work, sorting, JSON, SQLite in memory) get a latency budget of
-2x their calibrated median (median of 30 in-process runs, measured here first). Then
-``--sessions`` separate pytest processes run them with ``--perf-budget``; half of the
-sessions have one CPU busy-loop process beside them. Reported: the false-failure rate
-(a budget failure when nothing changed; target 0) and, with every workload made 3x
-slower, the detection rate (target 100%).
+``python -m benchmarks.plugin_trust [--sessions 50] [--modes default,calibrated,legacy]``.
+
+Seven workloads (CPU loop, allocation-heavy, dict/str work, sorting, JSON, SQLite in
+memory, and a sleep-bound one whose slowdown is *waiting*, not CPU) get a latency budget of
+2x their median, measured first in this process over 30 runs the way the plugin measures
+latency in each mode. Then separate pytest processes run them with ``--perf-budget``:
+for every session index, each (mode, code, machine) cell runs once, in a shuffled order,
+so every cell sees the same spread of the machine's background load (other engineers'
+suites share it). Cells: unchanged code or every workload doing 3x the work, on the
+machine as it is ("quiet") or with one CPU busy-loop process beside the session.
+
+Reported per cell: the false-failure rate (a failure when nothing changed; target 0), the
+detection rate of a 3x slowdown (target 100%), "within noise" verdicts (passes, reported),
+measured runs, and the load average (1 min) seen at the start of the cell's sessions.
+
+Modes: ``default`` (absolute budgets, CPU waits excluded, speed check on), ``calibrated``
+(budgets in reference-workload units, ``--perf-budget-calibrate``), ``no-speed-check``
+(CPU waits excluded, no reference runs: what the speed check adds), ``legacy`` (plain wall
+time, no speed check: the control; its verdict is now the median, not the minimum).
+
+Runtime is bounded: ``--max-minutes`` (default 40) stops starting new session rounds.
 """
 
 from __future__ import annotations
@@ -15,16 +29,18 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 WORKLOADS = textwrap.dedent('''
-    import json, os, sqlite3
+    import json, os, sqlite3, time
 
     SLOW = int(os.environ.get("TRUST_SLOWDOWN", "1"))  # a real Nx slowdown: N times the work
 
@@ -58,6 +74,10 @@ WORKLOADS = textwrap.dedent('''
         conn.close()
         return total
 
+    def _waiting():
+        time.sleep(0.006)  # stands for a wait on I/O or a lock: the CPU-wait accounting
+        return sum(range(20_000))  # must not cancel a slowdown of this kind
+
     def _repeat(work):
         def run():
             return [work() for _ in range(SLOW)][-1]
@@ -65,7 +85,7 @@ WORKLOADS = textwrap.dedent('''
         return run
 
     ALL = [_repeat(w) for w in (_cpu_loop, _allocations, _dict_work, _sorting, _json_work,
-                                _sqlite_work)]
+                                _sqlite_work, _waiting)]
     globals().update({fn.__name__: fn for fn in ALL})
 ''')
 
@@ -83,99 +103,188 @@ TESTS = textwrap.dedent('''
         getattr(workloads, name)()
 ''')
 
+MODES = {
+    "default": [],
+    "calibrated": ["--perf-budget-calibrate=true"],
+    "no-speed-check": ["--perf-budget-speed-check=false"],
+    "legacy": ["--perf-budget-exclude-cpu-wait=false", "--perf-budget-speed-check=false"],
+}
+
 
 def _busy(stop: float) -> None:
     while time.time() < stop:
         pass
 
 
-def calibrate(directory: Path) -> dict[str, float]:
+def measure_medians(directory: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Median over 30 runs per workload: (own time as perfkit judges it, plain wall time).
+
+    The workloads take turns (30 rounds, each runs every workload once, collecting garbage
+    first as the plugin does), so a burst of background load lands on all of them alike
+    instead of inflating one workload's budget.
+    """
     sys.path.insert(0, str(directory))
     import workloads  # type: ignore[import-not-found]
 
-    budgets = {}
+    from perfkit.measure.timing import CallTimer, Timing
+
+    timings: dict[str, list[Timing]] = {fn.__name__: [] for fn in workloads.ALL}
     for fn in workloads.ALL:
         fn()
-        samples = []
-        for _ in range(30):
-            started = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - started)
-        budgets[fn.__name__] = 2 * statistics.median(samples)
+    for _ in range(30):
+        for fn in workloads.ALL:
+            timer = CallTimer()
+            with timer:
+                fn()
+            timings[fn.__name__].append(timer.timing)
+    own = {name: statistics.median(t.own for t in runs) for name, runs in timings.items()}
+    wall = {name: statistics.median(t.wall for t in runs) for name, runs in timings.items()}
+    return own, wall
+
+
+def make_budgets(directory: Path, modes: list[str], *, verbose: bool) -> dict[str, dict]:
+    """Budgets per mode: 2x each workload's median, as that mode measures latency."""
+    own, wall = measure_medians(directory)
+    if verbose:
+        print("medians (own time | wall):",
+              {k: f"{own[k] * 1e3:.1f}|{wall[k] * 1e3:.1f}ms" for k in own})
+    budgets = {
+        "default": {k: 2 * v for k, v in own.items()},
+        "no-speed-check": {k: 2 * v for k, v in own.items()},
+        "legacy": {k: 2 * v for k, v in wall.items()},
+    }
+    if "calibrated" in modes:
+        from perfkit.measure.calibrate import calibrate
+
+        factor = calibrate().factor
+        budgets["calibrated"] = {k: 2 * v / factor for k, v in own.items()}
+        if verbose:
+            print(f"calibrated: budgets divided by this process's factor x{factor:.2f}; "
+                  "each session multiplies them by its own")
     return budgets
 
 
-def session(directory: Path, budgets: dict[str, float], slowdown: int, noisy: bool,
-            calibrated: bool = False) -> dict:
-    env = dict(os.environ, TRUST_BUDGETS=json.dumps(budgets), TRUST_SLOWDOWN=str(slowdown),
-               PYTHONPATH=str(directory))
+@dataclass
+class Cell:
+    mode: str
+    slowdown: int
+    noisy: bool
+    sessions: int = 0
+    tests: int = 0
+    failed: int = 0
+    noise: int = 0
+    runs: int = 0
+    sessions_with_failure: int = 0
+    loads: list[float] = field(default_factory=list)
+    missed: dict[str, int] = field(default_factory=dict)
+    false: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return (("unchanged" if self.slowdown == 1 else f"{self.slowdown}x slower") + " | "
+                + ("one busy core" if self.noisy else "as is (shared)"))
+
+
+def session(directory: Path, budgets: dict[str, float], cell: Cell) -> None:
+    env = dict(os.environ, TRUST_BUDGETS=json.dumps(budgets),
+               TRUST_SLOWDOWN=str(cell.slowdown), PYTHONPATH=str(directory))
+    cell.loads.append(os.getloadavg()[0])
     busy = None
-    if noisy:
-        busy = multiprocessing.Process(target=_busy, args=(time.time() + 60,), daemon=True)
+    if cell.noisy:
+        busy = multiprocessing.Process(target=_busy, args=(time.time() + 120,), daemon=True)
         busy.start()
+    report = directory / "report.json"
+    report.unlink(missing_ok=True)
     try:
         subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-             "no:hypothesispytest", "--perf-budget", "--perf-report=report.json",
-             f"--perf-budget-calibrate={str(calibrated).lower()}", "test_trust.py"],
+             "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:memray", "-p", "no:xdist",
+             "-p", "no:randomly", "-p", "no:asyncio", "-p", "no:anyio", "-p", "no:timeout",
+             "-p", "no:rerunfailures", "--perf-budget", f"--perf-report={report}",
+             *MODES[cell.mode], "test_trust.py"],
             cwd=directory, env=env, capture_output=True, timeout=300, check=False,
         )
     finally:
         if busy is not None:
             busy.terminate()
             busy.join()
-    document = json.loads((directory / "report.json").read_text())
-    judged = [t for t in document["tests"] if any(r["budget"] == "latency"
-                                                   for r in t.get("results", []))]
+    document = json.loads(report.read_text())
+    tests = document["tests"]
+    judged = [t for t in tests if any(r["budget"] == "latency" for r in t.get("results", []))]
     if len(judged) != len(budgets):
         raise RuntimeError(f"expected {len(budgets)} latency verdicts, got {len(judged)}")
-    failed = sum(1 for t in document["tests"] if t.get("failed"))
-    noise = sum(1 for t in document["tests"] for r in t["results"]
-                if r["verdict"] == "within noise")
-    runs = [t["latency"]["runs"] for t in document["tests"]]
-    return {"tests": len(document["tests"]), "failed": failed, "noise": noise,
-            "runs": sum(runs)}
+    cell.sessions += 1
+    cell.tests += len(tests)
+    failed = [t for t in tests if t.get("failed")]
+    cell.failed += len(failed)
+    cell.sessions_with_failure += bool(failed)
+    cell.noise += sum(1 for t in tests for r in t["results"] if r["verdict"] == "within noise")
+    cell.runs += sum(t["latency"]["runs"] for t in tests)
+    for test in tests:
+        name = test["nodeid"].split("[")[-1].rstrip("]")
+        if cell.slowdown == 1 and test.get("failed"):
+            cell.false[name] = cell.false.get(name, 0) + 1
+        if cell.slowdown > 1 and not test.get("failed"):
+            cell.missed[name] = cell.missed.get(name, 0) + 1
+
+
+def print_table(cells: list[Cell]) -> None:
+    print("| mode | code, machine | sessions | budget failures | within noise | "
+          "measured runs | load avg (1 min) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for cell in cells:
+        rate = cell.failed / max(1, cell.tests)
+        what = "false failures" if cell.slowdown == 1 else "detected"
+        extra = cell.false if cell.slowdown == 1 else cell.missed
+        loads = (f"{min(cell.loads):.1f}-{max(cell.loads):.1f} (median "
+                 f"{statistics.median(cell.loads):.1f})") if cell.loads else "-"
+        print(f"| {cell.mode} | {cell.label} | {cell.sessions} | {what} {cell.failed} / "
+              f"{cell.tests} ({rate:.1%}){' ' + json.dumps(extra) if extra else ''} | "
+              f"{cell.noise} | {cell.runs} | {loads} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--calibrated", action="store_true",
-                        help="express budgets in reference-workload units and run with "
-                             "--perf-budget-calibrate (same-process machine-speed factor)")
+    parser.add_argument("--sessions", type=int, default=50, help="sessions per cell")
+    parser.add_argument("--modes", default="default,calibrated,legacy")
+    parser.add_argument("--max-minutes", type=float, default=40.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-per-round", action="store_true",
+                        help="re-measure the medians (and so the budgets) before every round "
+                             "instead of once at the start: this VM's CPU speed drifted up to "
+                             "1.8x between minutes, which a budget set once carries along")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"--modes: unknown {sorted(unknown)}; choose from {sorted(MODES)}")
+    rng = random.Random(args.seed)
+    deadline = time.monotonic() + args.max_minutes * 60
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         (directory / "workloads.py").write_text(WORKLOADS)
         (directory / "test_trust.py").write_text(TESTS)
         (directory / "pytest.ini").write_text("[pytest]\n")
-        budgets = calibrate(directory)
-        print("budgets (2x median):", {k: f"{v * 1e3:.1f}ms" for k, v in budgets.items()})
-        if args.calibrated:
-            from perfkit.measure.calibrate import calibrate as machine_factor
-
-            factor = machine_factor().factor
-            budgets = {name: value / factor for name, value in budgets.items()}
-            print(f"calibrated: budgets divided by this run's factor x{factor:.2f}; each "
-                  "session multiplies them by its own factor")
-        for slowdown in (1, 3):
-            for noisy in (False, True):
-                totals = {"sessions": 0, "tests": 0, "failed": 0, "noise": 0, "runs": 0,
-                          "sessions_with_failure": 0}
-                for _ in range(args.sessions // 2):
-                    result = session(directory, budgets, slowdown, noisy, args.calibrated)
-                    totals["sessions"] += 1
-                    totals["sessions_with_failure"] += bool(result["failed"])
-                    for key in ("tests", "failed", "noise", "runs"):
-                        totals[key] += result[key]
-                label = ("unchanged code" if slowdown == 1 else "3x slower code") + (
-                    ", one busy core" if noisy else ", quiet")
-                rate = totals["failed"] / max(1, totals["tests"])
-                print(f"{label}: {totals['sessions']} sessions, {totals['tests']} test runs, "
-                      f"failed {totals['failed']} ({rate:.1%}), within noise "
-                      f"{totals['noise']}, sessions with a failure "
-                      f"{totals['sessions_with_failure']}, measured runs {totals['runs']}",
-                      flush=True)
+        print(f"load average at start: {os.getloadavg()}")
+        budgets = make_budgets(directory, modes, verbose=True)
+        cells = [Cell(mode, slowdown, noisy) for mode in modes for slowdown in (1, 3)
+                 for noisy in (False, True)]
+        started = time.monotonic()
+        for index in range(args.sessions):
+            if time.monotonic() > deadline:
+                print(f"stopped after {index} rounds: --max-minutes reached")
+                break
+            if args.budget_per_round and index:
+                budgets = make_budgets(directory, modes, verbose=False)
+            order = list(cells)
+            rng.shuffle(order)
+            for cell in order:
+                session(directory, budgets[cell.mode], cell)
+            if index % 10 == 9:
+                print(f"... {index + 1} rounds, {(time.monotonic() - started) / 60:.1f} min, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"load average at end: {os.getloadavg()}")
+        print_table(cells)
 
 
 if __name__ == "__main__":

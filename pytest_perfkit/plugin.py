@@ -18,15 +18,17 @@ from typing import Any
 import pytest
 
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
-from perfkit.measure.calibrate import Calibration, calibrate
+from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate
 from perfkit.measure.memory import HeapPeak, HeapTracer, RssHighWater
+from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Verdict, judge
-from perfkit.measure.timing import CallTimer
+from perfkit.measure.timing import CallTimer, Timing, cpu_wait_clock
 from perfkit.measure.units import format_duration, format_size, parse_duration
 from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer
 from pytest_perfkit.report import summary_lines, write_reports
 from pytest_perfkit.settings import Settings, add_options, load_settings
 from pytest_perfkit.verdicts import (
+    MAX_NOISE_BAND,
     NOT_APPLIED,
     BudgetResult,
     count_result,
@@ -181,6 +183,7 @@ class PerfBudgetPlugin:
         self.results: dict[str, dict[str, Any]] = {}
         self.calibration: Calibration | None = None
         self.scale = 1.0
+        self.speed = MachineSpeed()
         workerinput = getattr(config, "workerinput", None)
         self.is_worker = workerinput is not None
         self.worker_id = workerinput.get("workerid") if workerinput else None
@@ -199,8 +202,9 @@ class PerfBudgetPlugin:
         try:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
-            return {t["nodeid"]: t["latency"]["min"] for t in data.get("tests", [])
-                    if t.get("latency") and t["latency"].get("min") is not None}
+            return {t["nodeid"]: t["latency"].get("judged", t["latency"].get("min"))
+                    for t in data.get("tests", []) if t.get("latency")
+                    and t["latency"].get("judged", t["latency"].get("min")) is not None}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise pytest.UsageError(f"perfkit: baseline {path!r} cannot be read: {exc}") from None
 
@@ -228,6 +232,7 @@ class PerfBudgetPlugin:
         if self.settings.calibrate:
             self.calibration = calibrate()
             self.scale = self.calibration.factor
+            self.speed = MachineSpeed.from_calibration(self.calibration)
         _ = self.tracker
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -243,13 +248,20 @@ class PerfBudgetPlugin:
                     f" ({s.defaults.sources[name]})" for name in s.defaults.sources]
         calibration = (self.calibration.describe() if self.calibration
                        else "off (budgets are absolute)")
+        wait = ("wall time less CPU waits (run-queue delay)" if s.exclude_cpu_wait
+                and cpu_wait_clock else "wall time" + (" (no run-queue counter here)"
+                                                       if s.exclude_cpu_wait else ""))
+        speed = ("each run's CPU part scaled to the machine's typical speed, read from a "
+                 "reference workload run beside it" if s.speed_check else "no speed check")
         blas = ", ".join(f"{var}={os.environ.get(var, 'unset')}" for var in
                          ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
         return [
             "perfkit: --perf-budget on; defaults: " + (", ".join(defaults) or "none")
             + f"; n_plus_one={s.defaults.n_plus_one}, full_scans={s.defaults.full_scans}",
-            f"perfkit: latency/CPU judged on the min of 1 + up to {s.confirm_runs} confirm runs, "
-            f"margin {s.margin:.0%} + {format_duration(s.margin_abs)}; calibration {calibration}",
+            f"perfkit: latency/CPU judged on the median of 1 + up to {s.confirm_runs} confirm "
+            f"runs, margin {s.margin:.0%} + {format_duration(s.margin_abs)} (wider when runs "
+            f"disagree, at most {MAX_NOISE_BAND:.0%}); calibration {calibration}",
+            f"perfkit: latency = {wait}, GC pauses removed; {speed}",
             f"perfkit: memory = heap peak (tracemalloc, separate run) / RSS high-water "
             f"(VmHWM or sampled); xdist latency policy: {s.xdist}; EXPLAIN "
             f"{'on' if s.explain else 'off'}; native threads: {blas}",
@@ -330,6 +342,9 @@ class PerfBudgetPlugin:
         self._judge(pyfuncitem, budget, payload, timer, rss, heap.result if heap else None)
         return result
 
+    def _latency(self, timing: Timing) -> float:
+        return timing.own if self.settings.exclude_cpu_wait else timing.wall
+
     def _judge(self, item: pytest.Function, budget: Budget, payload: dict[str, Any],
                timer: CallTimer, rss: RssHighWater | None, heap: HeapPeak | None) -> None:
         margins: Margins = self.settings.margins
@@ -363,9 +378,8 @@ class PerfBudgetPlugin:
             results.append(BudgetResult("queries", None, None, "count", NOT_APPLIED,
                                         detail="SQLAlchemy is not installed"))
 
-        # Latency and CPU: first run, then confirm runs when near or over a limit.
-        walls, cpus = [timer.timing.wall], [timer.timing.cpu]
-        gc_pause = timer.timing.gc_pause
+        # Latency and CPU: first run, then confirm runs when near or over a limit, each
+        # followed by a reference run that says how fast the machine was at that moment.
         targets: dict[str, float] = {}
         if budget.latency is not None:
             targets["latency"] = budget.latency * scale
@@ -379,10 +393,12 @@ class PerfBudgetPlugin:
         if heap_inline and targets:
             notes.append("timing not judged: the only run was traced for memory (rerun=False)")
             targets.clear()
+        runs = TimedRuns(self._latency, self.speed if self.settings.speed_check else None)
+        runs.add(timer.timing)
         single_reason = ""
 
         def near() -> bool:
-            return any(min(cpus if name == "cpu" else walls) > NEAR_FRACTION * limit
+            return any(runs.statistic(name) > NEAR_FRACTION * limit
                        for name, limit in targets.items())
 
         if targets and near():
@@ -390,38 +406,40 @@ class PerfBudgetPlugin:
                 single_reason = "rerun=False"
             elif self.settings.confirm_runs == 0:
                 single_reason = "confirm_runs=0"
+            runs.check_speed()
             for _ in range(self.settings.confirm_runs if budget.rerun else 0):
                 confirm = CallTimer()
                 with confirm:
                     error = self._rerun(item)
                 if error:
-                    notes.append(f"confirm run failed ({error}); judged on {len(walls)} run(s)")
+                    notes.append(f"confirm run failed ({error}); judged on {runs.count} run(s)")
                     single_reason = single_reason or "confirm run failed"
                     break
-                walls.append(confirm.timing.wall)
-                cpus.append(confirm.timing.cpu)
-                gc_pause += confirm.timing.gc_pause
-                if not near():
+                runs.add(confirm.timing)
+                runs.check_speed()
+                if runs.count >= 2 and not near():
                     break
+            runs.check_speed(at_least=3)
         for name, limit in targets.items():
-            samples = cpus if name == "cpu" else walls
+            kind = "cpu" if name == "cpu" else "latency"
             if name == "baseline":
-                result = timed_result("baseline", samples, limit, Margins(0.0, 0.0), scale=1.0,
-                                      single_reason=single_reason)
+                result = timed_result("baseline", runs.samples(kind), limit, Margins(0.0, 0.0),
+                                      scale=1.0, raw=runs.raw_samples(kind),
+                                      factor=runs.factor, single_reason=single_reason)
                 result.detail = (f"baseline {format_duration(base or 0.0)} + "
                                  f"{self.settings.baseline_margin:.0%} + "
                                  f"{format_duration(self.settings.baseline_margin_abs)}; "
                                  + result.detail)
             else:
-                result = timed_result(name, samples, limit, margins, scale=scale,
+                result = timed_result(name, runs.samples(kind), limit, margins, scale=scale,
+                                      raw=runs.raw_samples(kind), factor=runs.factor,
                                       single_reason=single_reason)
             if downgrade and result.verdict == Verdict.OVER_BUDGET.value:
                 result.enforced = False
                 result.detail += f"; downgraded to a warning under xdist -n {self.workers}"
             results.append(result)
-        payload["latency"] = {"first": walls[0], "min": min(walls), "max": max(walls),
-                              "median": sorted(walls)[len(walls) // 2], "runs": len(walls),
-                              "cpu_min": min(cpus), "gc_pause": gc_pause}
+        payload["latency"] = runs.summary(cpu_wait_excluded=self.settings.exclude_cpu_wait
+                                          and timer.timing.cpu_wait_known)
 
         # Memory: heap peak in its own traced run (or inline when re-runs are off); RSS inline.
         memory: dict[str, Any] = {}

@@ -66,6 +66,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "re-runs when a latency/CPU budget is near or over its limit (0: judge one run)"),
     Setting("margin", _fraction, 0.10, "relative margin over a latency/CPU budget (0.1 = 10%)"),
     Setting("margin_abs", parse_duration, 0.001, "absolute margin over a latency/CPU budget"),
+    Setting("exclude_cpu_wait", _flag, True,
+            "judge latency on wall time less the time the test's thread waited for a CPU "
+            "held by other processes (Linux run-queue delay; elsewhere plain wall time)"),
+    Setting("speed_check", _flag, True,
+            "interleave confirm runs with a short reference workload and divide out how much "
+            "slower the machine itself ran at that moment (over budget only if still over)"),
     Setting("calibrate", _flag, False,
             "time a reference workload at start and scale latency/CPU budgets by the factor"),
     Setting("include_transactions", _flag, False,

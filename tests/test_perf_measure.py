@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import tracemalloc
 
 import pytest
@@ -25,6 +26,8 @@ from perfkit.measure import (
     parse_duration,
     parse_size,
 )
+from perfkit.measure.calibrate import MIN_FACTOR, MachineSpeed, normalise
+from pytest_perfkit.verdicts import MAX_NOISE_BAND, timed_result
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -112,9 +115,108 @@ def test_call_timer_excludes_instrumentation_time() -> None:
     assert timer.timing.wall == 0.0 and timer.timing.excluded == 1000.0
 
 
+class _Clock:
+    """A fake cumulative counter the test advances by hand."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def __call__(self) -> float:
+        return self.value
+
+
+def test_call_timer_removes_cpu_waits_only_from_runs_that_never_blocked() -> None:
+    waits, switches = _Clock(), _Clock()
+
+    def timed(wait: float, blocked: bool) -> object:
+        timer = CallTimer(collect=False, wait_clock=waits, switches=switches)
+        with timer:
+            end = time.perf_counter() + 0.02
+            while time.perf_counter() < end:
+                pass
+            waits.value += wait
+            switches.value += blocked
+        return timer.timing
+
+    timing = timed(0.015, blocked=False)
+    assert timing.cpu_wait_known and not timing.blocked
+    assert timing.own == pytest.approx(max(timing.wall - 0.015, timing.cpu))
+    # A counter claiming the whole window is never believed below the CPU time used.
+    timing = timed(10.0, blocked=False)
+    assert timing.cpu_wait < 1.0  # clamped to the window
+    assert timing.own == pytest.approx(timing.cpu)
+    # The thread slept or waited on I/O: the counter could hide a slower wait; not used.
+    timing = timed(0.015, blocked=True)
+    assert timing.blocked and timing.own == timing.wall
+    # No counter on this platform: plain wall time.
+    timer = CallTimer(collect=False, wait_clock=None, switches=None)
+    with timer:
+        pass
+    assert not timer.timing.cpu_wait_known and timer.timing.own == timer.timing.wall
+
+
+def test_normalise_scales_only_the_cpu_part() -> None:
+    assert normalise(own=0.030, cpu=0.030, factor=1.5) == pytest.approx(0.020)
+    # 20 ms asleep stays 20 ms: only CPU work runs faster or slower with the machine.
+    assert normalise(own=0.030, cpu=0.010, factor=2.0) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="factor"):
+        normalise(own=1.0, cpu=1.0, factor=0)
+
+
+def test_machine_speed_factor_against_its_typical_time() -> None:
+    speed = MachineSpeed(runs=3)
+    typical = speed.typical()
+    assert speed.count == 3 and typical > 0
+    assert speed.factor(typical * 3) == pytest.approx(3.0)
+    assert speed.factor(typical / 100) == MIN_FACTOR  # a lucky run cannot inflate a test
+    assert speed.sample() > 0 and speed.count == 4
+    bounded = MachineSpeed(runs=2, window=3)
+    for _ in range(5):
+        bounded.sample()
+    assert bounded.count == 3
+
+
+def test_a_3x_slowdown_of_a_2x_budget_always_fails_however_noisy() -> None:
+    margins = Margins(0.10, 0.001)
+    budget = 0.020  # 2x a 10 ms typical time
+    steady = [0.030, 0.030, 0.031, 0.030]
+    wild = [0.012, 0.030, 0.031, 0.090]  # runs disagree: the band widens, up to its cap
+    for samples in (steady, wild):
+        assert timed_result("latency", samples, budget, margins, scale=1.0).verdict == \
+            Verdict.OVER_BUDGET.value
+    unchanged = [0.011, 0.010, 0.025, 0.010]
+    assert timed_result("latency", unchanged, budget, margins, scale=1.0).verdict == "ok"
+    # Just over a tight margin, but the runs disagree by more: "within noise", honestly.
+    noisy = [0.016, 0.0225, 0.0225, 0.030]
+    result = timed_result("latency", noisy, budget, margins, scale=1.0)
+    assert result.verdict == Verdict.WITHIN_NOISE.value and "noise band" in result.detail
+    headroom = 1.5 - 1 - margins.absolute / budget  # 3x of a 2x budget, less the margin
+    assert headroom > MAX_NOISE_BAND
+
+
+def test_the_machine_can_excuse_an_overrun_but_not_hide_a_slowdown() -> None:
+    margins = Margins(0.10, 0.001)
+    budget = 0.020
+    measured = [0.030, 0.031, 0.030, 0.032]
+    # The reference ran 2x slow beside these runs: at typical speed 15 ms, within budget.
+    excused = timed_result("latency", [m / 2 for m in measured], budget, margins, scale=1.0,
+                           raw=measured, factor=2.0)
+    assert excused.verdict == Verdict.WITHIN_NOISE.value and "x2.00" in excused.detail
+    # The reference read 1.4x slow, but 3x code is still over at typical speed: fails.
+    slowed = timed_result("latency", [m / 1.4 for m in measured], budget, margins, scale=1.0,
+                          raw=measured, factor=1.4)
+    assert slowed.verdict == Verdict.OVER_BUDGET.value
+    # Over at typical speed but the measurement itself only marginally over: within noise.
+    marginal = [0.0215, 0.0215, 0.0215]
+    result = timed_result("latency", [m * 1.2 for m in marginal], budget, margins, scale=1.0,
+                          raw=marginal, factor=0.83)
+    assert result.verdict == Verdict.WITHIN_NOISE.value
+
+
 def test_calibration_is_a_positive_factor() -> None:
     result = calibrate(runs=3)
     assert result.seconds > 0 and result.factor > 0 and result.runs == 3
+    assert len(result.samples) == 3
     assert result.describe().startswith("x")
     with pytest.raises(ValueError, match="runs"):
         calibrate(runs=0)

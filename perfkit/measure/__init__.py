@@ -6,8 +6,9 @@ Nothing here imports pytest; every piece is usable alone.
 from __future__ import annotations
 
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
-from perfkit.measure.calibrate import Calibration, calibrate
+from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate, normalise
 from perfkit.measure.memory import AllocationSite, HeapPeak, HeapTracer, RssHighWater
+from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Stats, Verdict, judge
 from perfkit.measure.timing import CallTimer, Timing
 from perfkit.measure.units import format_duration, format_size, parse_duration, parse_size
@@ -20,9 +21,11 @@ __all__ = [
     "CallTimer",
     "HeapPeak",
     "HeapTracer",
+    "MachineSpeed",
     "Margins",
     "RssHighWater",
     "Stats",
+    "TimedRuns",
     "Timing",
     "Verdict",
     "abenchmark",
@@ -31,6 +34,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "judge",
+    "normalise",
     "parse_duration",
     "parse_size",
 ]

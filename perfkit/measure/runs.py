@@ -1,0 +1,96 @@
+"""A test's timed runs, each paired with the machine's speed at the moment it ran.
+
+The plugin's confirm runs are interleaved with reference samples (see
+:class:`~perfkit.measure.calibrate.MachineSpeed`): reference sample ``k`` is taken right
+after run ``k``. A run's machine factor is the mean of the samples on either side of it,
+and its judged time is its ``own`` time (GC pauses and run-queue waits out) with only the
+CPU part divided by that factor (:func:`~perfkit.measure.calibrate.normalise`). The
+statistic judged is the median over runs: budgets are written against a test's typical
+time, and judging the minimum against them let real slowdowns through.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from perfkit.measure.calibrate import MachineSpeed, normalise
+from perfkit.measure.timing import Timing
+
+__all__ = ["TimedRuns"]
+
+
+class TimedRuns:
+    """Runs of one callable and the reference samples between them.
+
+    ``latency`` picks the time to judge from a :class:`Timing` (``own`` or ``wall``);
+    ``speed`` is ``None`` when the speed check is off (every factor is then 1).
+    """
+
+    def __init__(self, latency: Callable[[Timing], float], speed: MachineSpeed | None) -> None:
+        self._latency = latency
+        self._speed = speed
+        self.timings: list[Timing] = []
+        self.references: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.timings)
+
+    def add(self, timing: Timing) -> None:
+        self.timings.append(timing)
+
+    def check_speed(self, at_least: int = 0) -> None:
+        """Take one reference sample now (and more until there are ``at_least``)."""
+        if self._speed is None:
+            return
+        self.references.append(self._speed.sample())
+        while len(self.references) < at_least:
+            self.references.append(self._speed.sample())
+
+    def factors(self) -> list[float]:
+        if self._speed is None or not self.references:
+            return [1.0] * self.count
+        factors = []
+        for index in range(self.count):
+            around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
+            factors.append(self._speed.factor(statistics.fmean(around)))
+        return factors
+
+    @property
+    def factor(self) -> float:
+        """The median machine factor over the runs (1.0: typical speed)."""
+        return statistics.median(self.factors()) if self.timings else 1.0
+
+    def samples(self, kind: str) -> list[float]:
+        """Per-run judged times: ``"cpu"`` for CPU time, anything else for latency."""
+        pairs = zip(self.timings, self.factors())
+        if kind == "cpu":
+            return [t.cpu / f for t, f in pairs]
+        return [normalise(self._latency(t), t.cpu, f) for t, f in pairs]
+
+    def raw_samples(self, kind: str) -> list[float]:
+        """Per-run times as measured, before the machine factor is divided out."""
+        return [t.cpu if kind == "cpu" else self._latency(t) for t in self.timings]
+
+    def statistic(self, kind: str) -> float:
+        return statistics.median(self.samples(kind))
+
+    def raw_min(self, kind: str) -> float:
+        """The best run before the machine factor was divided out."""
+        return min(self.raw_samples(kind))
+
+    def summary(self, *, cpu_wait_excluded: bool) -> dict[str, Any]:
+        samples = self.samples("latency")
+        judged = statistics.median(samples)
+        return {
+            "judged": judged, "median": judged, "first": samples[0], "min": min(samples),
+            "max": max(samples), "runs": self.count, "cpu_min": min(self.samples("cpu")),
+            "raw_min": self.raw_min("latency"),
+            "wall_min": min(t.wall for t in self.timings),
+            "gc_pause": sum(t.gc_pause for t in self.timings),
+            "cpu_wait": sum(t.cpu_wait for t in self.timings),
+            "cpu_wait_excluded": cpu_wait_excluded,
+            "factor": self.factor, "reference_runs": len(self.references),
+        }
