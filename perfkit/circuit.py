@@ -11,7 +11,8 @@ least ``min_calls`` calls in it. ``failure_on`` says which exceptions count as f
 other exception passes through and counts as a success (the dependency answered). Cancellation
 (``asyncio.CancelledError``, ``KeyboardInterrupt``, ...) counts as neither.
 
-Use it as a decorator (sync and async functions and methods), or as a context manager
+Use it as a decorator (sync and async functions and methods; a plain function that returns a
+coroutine is admitted and counted when the coroutine is awaited), or as a context manager
 (``with breaker:`` / ``async with breaker:``). One breaker per dependency, shared by every
 function that calls it. Thread- and task-safe: the lock guards a few counters and is never
 held while the protected call runs. Time comes from ``clock`` (monotonic by default).
@@ -40,6 +41,7 @@ import logging
 import math
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
@@ -47,7 +49,7 @@ from typing import Any, Literal, TypeVar, cast
 from typing_extensions import ParamSpec
 
 from perfkit._wrapping import decoratable, wrap
-from perfkit.metrics import REGISTRY, Registry
+from perfkit.metrics import Registry, resolve_registry
 
 __all__ = ["CircuitBreaker", "CircuitOpenError", "State"]
 
@@ -152,7 +154,7 @@ class CircuitBreaker:
         self._bucket_calls = [0] * _WINDOW_BUCKETS
         self._bucket_failures = [0] * _WINDOW_BUCKETS
         # -- metrics --
-        registry = registry if registry is not None else REGISTRY
+        registry = resolve_registry(registry)
         self._state_gauge = registry.gauge(
             "perfkit_circuit_state", "Circuit state: 0 closed, 1 open, 2 half-open", ("breaker",)
         ).labels(self.name)
@@ -230,7 +232,7 @@ class CircuitBreaker:
             return  # closed and healthy: nothing to update
         change = None
         with self._lock:
-            if generation != self._generation:
+            if self._is_stale(generation, trial):
                 return
             if trial:
                 self._trial_successes += 1
@@ -247,7 +249,7 @@ class CircuitBreaker:
         generation, trial = token
         change = None
         with self._lock:
-            if generation != self._generation:
+            if self._is_stale(generation, trial):
                 return
             if trial:
                 change = self._transition("open")
@@ -267,6 +269,12 @@ class CircuitBreaker:
                 if tripped:
                     change = self._transition("open")
         self._announce(change)
+
+    def _is_stale(self, generation: int, trial: bool) -> bool:
+        """An outcome that must not count: from before the last transition, or a closed-state
+        call whose lock-free admission raced a transition and read the new generation with
+        the old state (it would otherwise re-open an open breaker, pushing its retry time)."""
+        return generation != self._generation or (not trial and self._state != "closed")
 
     def _on_cancel(self, token: tuple[int, bool]) -> None:
         generation, trial = token
@@ -339,6 +347,7 @@ class CircuitBreaker:
         """Decorate a sync or async function or method."""
         target = decoratable(func, "CircuitBreaker", "guard the function that consumes it")
         admit, settle, succeeded = self._admit, self._settle, self._on_success
+        release, guard, coroutine = self._on_cancel, self._guard, types.CoroutineType
 
         if inspect.iscoroutinefunction(target):
 
@@ -362,6 +371,9 @@ class CircuitBreaker:
             token = admit()
             try:
                 result = wrapped(*args, **kwargs)
+                if type(result) is coroutine:  # a plain function handing back a coroutine:
+                    release(token)  # the call happens when it is awaited; admit it then
+                    return guard(result)
             except BaseException as exc:
                 settle(token, exc)
                 raise
@@ -369,6 +381,23 @@ class CircuitBreaker:
             return result
 
         return cast("Callable[P, R]", wrap(func, sync_wrapper))
+
+    async def _guard(self, awaitable: Awaitable[Any]) -> Any:
+        """Admit, await and count one call (the decorator's async path, for an awaitable)."""
+        try:
+            token = self._admit()
+        except CircuitOpenError:
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()  # never awaited, on purpose: no "never awaited" warning
+            raise
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            self._settle(token, exc)
+            raise
+        self._on_success(token)
+        return result
 
     def __enter__(self) -> CircuitBreaker:
         _ENTERED.set((*_ENTERED.get(), self._admit()))

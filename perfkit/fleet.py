@@ -14,9 +14,11 @@ merged fleet view instead of the local one::
 Merging is exact: counters and histogram counts add up, and histogram quantiles come from the
 summed sketches (so a fleet p99 is a true p99 within 1%, not an average of p99s). Gauges are
 summed over the processes that pushed within the last ``3 x interval`` (in-flight requests,
-cache sizes); a dead worker's gauges drop out. ``process_*`` metrics stay per process.
+cache sizes); a dead worker's gauges drop out (and are deleted when the view is read).
+``process_*`` metrics stay per process.
 
-Every key expires ``retention`` seconds (default 7 days) after the fleet last wrote it.
+Every key expires ``retention`` seconds (default 7 days) after the fleet last wrote it, and
+workers silent for longer than that are forgotten, so restarts do not grow the keys.
 Redis down: the push fails, one warning is logged, nothing is lost (the deltas are pushed when
 Redis is back) and the registry renders the local view meanwhile.
 
@@ -139,7 +141,10 @@ class RedisSink:
                         self._push_histogram(pipe, metric.name, field, snap,
                                              self._pushed_histograms.get(key), touched)
                         pending_histograms[key] = snap
-            pipe.zadd(self._key("procs"), {self.process_id: self._clock()})
+            now = self._clock()
+            pipe.zadd(self._key("procs"), {self.process_id: now})
+            # Workers come and go: forget those silent for longer than the retention.
+            pipe.zremrangebyscore(self._key("procs"), "-inf", now - self.retention)
             touched.update({self._key("meta"), self._key("procs")})
             for redis_key in touched:
                 pipe.expire(redis_key, self.retention)
@@ -216,10 +221,15 @@ class RedisSink:
                 out.append(counter)
             elif kind == "gauge":
                 gauge = Gauge(name, info["help"], labels, cap)
+                dead = []
                 for field, value in self._redis.hgetall(self._key("g", name)).items():
                     process, _, label_json = _text(field).partition(_SEP)
                     if process in alive:
                         _series(gauge, label_json).inc(float(value))
+                    else:
+                        dead.append(field)
+                if dead:  # a worker that pushes again sets its (absolute) value again
+                    self._redis.hdel(self._key("g", name), *dead)
                 out.append(gauge)
             elif kind == "histogram":
                 histogram = Histogram(name, info["help"], labels, cap, tuple(info["buckets"]))

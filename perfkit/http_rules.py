@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from enum import Enum
@@ -24,6 +24,7 @@ __all__ = [
     "accept_encoding_key",
     "acceptable_codings",
     "cache_control_seconds",
+    "etag_function",
     "evaluate_preconditions",
     "format_cache_control",
     "format_http_date",
@@ -121,6 +122,39 @@ def parse_etag_list(value: str) -> tuple[list[ETag], bool]:
 EtagAlgorithm = Literal["sha256", "blake2b", "xxh3"]
 
 
+def etag_function(algorithm: EtagAlgorithm = "sha256") -> Callable[[bytes], str]:
+    """``body -> quoted strong ETag`` for ``algorithm``, resolved once (see :func:`make_etag`).
+
+    Middleware calls this at construction, so a request pays for the hash and nothing else.
+    """
+    if algorithm == "sha256":
+        sha256 = hashlib.sha256
+
+        def digest(body: bytes) -> str:
+            return f'"{sha256(body, usedforsecurity=False).hexdigest()[:32]}"'
+    elif algorithm == "blake2b":
+        blake2b = hashlib.blake2b
+
+        def digest(body: bytes) -> str:
+            return f'"{blake2b(body, digest_size=16, usedforsecurity=False).hexdigest()}"'
+    elif algorithm == "xxh3":
+        try:
+            from xxhash import xxh3_128_hexdigest
+        except ImportError as exc:
+            raise ImportError(
+                "algorithm='xxh3' needs the xxhash package: pip install xxhash"
+            ) from exc
+
+        def digest(body: bytes) -> str:
+            return f'"{xxh3_128_hexdigest(body)}"'
+    else:
+        raise ValueError(f"algorithm must be 'sha256', 'blake2b' or 'xxh3', got {algorithm!r}")
+    return digest
+
+
+_ETAG_FUNCTIONS: dict[str, Callable[[bytes], str]] = {}
+
+
 def make_etag(body: bytes, algorithm: EtagAlgorithm = "sha256") -> str:
     """A strong, quoted ETag from the body bytes: 128 bits, identical in every process.
 
@@ -128,17 +162,10 @@ def make_etag(body: bytes, algorithm: EtagAlgorithm = "sha256") -> str:
     FIPS; never md5, never the salted built-in ``hash()``); ``xxh3`` (xxh3-128) needs the
     ``xxhash`` package and is ~20x faster on large bodies.
     """
-    if algorithm == "sha256":
-        digest = hashlib.sha256(body, usedforsecurity=False).hexdigest()[:32]
-    elif algorithm == "blake2b":
-        digest = hashlib.blake2b(body, digest_size=16, usedforsecurity=False).hexdigest()
-    elif algorithm == "xxh3":
-        import xxhash
-
-        digest = xxhash.xxh3_128_hexdigest(body)
-    else:
-        raise ValueError(f"algorithm must be 'sha256', 'blake2b' or 'xxh3', got {algorithm!r}")
-    return f'"{digest}"'
+    function = _ETAG_FUNCTIONS.get(algorithm)
+    if function is None:
+        function = _ETAG_FUNCTIONS[algorithm] = etag_function(algorithm)
+    return function(body)
 
 
 # -- Dates (RFC 9110 §5.6.7) ---------------------------------------------------------------
@@ -548,6 +575,7 @@ class StoreReason(str, Enum):
     NOT_FRESH = "not-fresh"
     HOST = "host"
     BACKEND_ERROR = "backend-error"
+    TOO_MANY_TAGS = "too-many-tags"
 
     def __str__(self) -> str:
         return self.value

@@ -28,6 +28,8 @@ What the caller may rely on:
   note (shown in the traceback) and available as :func:`retry_history`.
 - Per-call state lives in the call's own frame: nothing is shared between concurrent calls
   except the budget and the metrics, which are thread-safe.
+- A callable that looks sync but returns a coroutine (a plain function handing back a
+  client's coroutine, an object with ``async def __call__``) is awaited and retried as async.
 - Tests need not sleep: ``with no_waits():`` or ``PERFKIT_RETRY_NO_WAITS=1`` makes every wait
   zero (attempt counts and give-up reasons stay the same).
 
@@ -49,6 +51,7 @@ import math
 import os
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +62,7 @@ from typing_extensions import ParamSpec
 
 from perfkit._wrapping import decoratable, wrap
 from perfkit.backoff import Backoff, Constant, Exponential
-from perfkit.metrics import REGISTRY, Registry
+from perfkit.metrics import Registry, resolve_registry
 
 __all__ = [
     "Attempt",
@@ -209,12 +212,12 @@ def retry_after_seconds(error: BaseException, *, now: datetime | None = None) ->
     ``error.response.headers`` (httpx, requests) or ``error.headers`` (aiohttp). The header may
     be delta-seconds or an HTTP-date (RFC 9110, section 10.2.3).
     """
-    direct = getattr(error, "retry_after", None)
+    direct = _attr(error, "retry_after")
     if isinstance(direct, (int, float)) and not isinstance(direct, bool):
         return float(direct) if 0 <= direct < math.inf else None
-    headers = getattr(getattr(error, "response", None), "headers", None)
+    headers = _attr(_attr(error, "response"), "headers")
     if headers is None:
-        headers = getattr(error, "headers", None)
+        headers = _attr(error, "headers")
     if headers is None or not hasattr(headers, "get"):
         return None
     try:
@@ -241,15 +244,30 @@ def _parse_retry_after(value: str, now: datetime | None) -> float | None:
     return delay if delay > 0 else None
 
 
+def _attr(obj: object, name: str) -> Any:
+    """``getattr(obj, name, None)``, also when the attribute is a property that raises
+    (httpx's ``RequestError.request`` raises RuntimeError when no request was attached)."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
 def _is_unsafe_request(error: BaseException) -> bool:
-    """True for an error about a POST/PATCH sent without an Idempotency-Key header."""
-    request = getattr(error, "request", None)
+    """True for an error about a POST/PATCH sent without an Idempotency-Key header.
+
+    The request is ``error.request`` (httpx, requests), ``error.request_info`` (aiohttp) or
+    ``error.response.request``.
+    """
+    request = _attr(error, "request")
     if request is None:
-        request = getattr(getattr(error, "response", None), "request", None)
-    method = getattr(request, "method", None)
+        request = _attr(error, "request_info")
+    if request is None:
+        request = _attr(_attr(error, "response"), "request")
+    method = _attr(request, "method")
     if not isinstance(method, str) or method.upper() not in _UNSAFE_METHODS:
         return False
-    headers = getattr(request, "headers", None)
+    headers = _attr(request, "headers")
     try:
         return not (headers and headers.get("Idempotency-Key"))
     except Exception:
@@ -465,12 +483,16 @@ class _Policy:
         history.recent[-1] = Attempt(attempt, error, duration, wait)
         history.total_wait += wait
         self.count_retry()
-        if self.on_retry:
-            state = RetryState(self.function, attempt, error, result, wait, history.elapsed)
-            for hook in self.on_retry:
-                hook(state)
         logger.debug("retrying %s in %.3fs after attempt %d", self.function, wait, attempt)
         return wait
+
+    def run_hooks(
+        self, history: RetryHistory, error: Exception | None, result: Any, wait: float
+    ) -> list[Awaitable[Any]]:
+        """Call the ``on_retry`` hooks; return what async hooks handed back, to be awaited."""
+        state = RetryState(self.function, history.attempts, error, result, wait, history.elapsed)
+        pending = [hook(state) for hook in self.on_retry]
+        return [p for p in pending if inspect.isawaitable(p)]
 
     def final(self, history: RetryHistory, error: Exception | None, result: Any) -> Any:
         """The outcome once we stop: the last result, or the last error with its history."""
@@ -510,6 +532,8 @@ class _Policy:
                 if next_wait is None:
                     return self.final(history, error, result)
                 wait = next_wait
+                if self.on_retry:
+                    self.run_hooks(history, error, result, wait)
                 if wait > 0:
                     (self.sleep or time.sleep)(wait)
                 attempt_started = self.clock()
@@ -524,18 +548,38 @@ class _Policy:
         finally:
             _RETRYING.reset(token)
 
-    async def attempt_async(
-        self, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
-    ) -> Any:
-        """One async attempt; with a deadline, it is cancelled when the deadline passes."""
+    async def attempt_async(self, attempt: Awaitable[Any]) -> Any:
+        """Await one attempt; with a deadline, it is cancelled when the deadline passes."""
         if self.deadline is None:
-            return await wrapped(*args, **kwargs)
+            return await attempt
         remaining = deadline_remaining() or 0.0
         timeout = getattr(asyncio, "timeout", None)  # Python 3.11+; cheaper than wait_for
         if timeout is None:  # pragma: no cover - Python 3.10
-            return await asyncio.wait_for(wrapped(*args, **kwargs), remaining)
+            return await asyncio.wait_for(attempt, remaining)
         async with timeout(remaining):
-            return await wrapped(*args, **kwargs)
+            return await attempt
+
+    async def adopt(
+        self, wrapped: Callable[..., Any], args: Any, kwargs: Any, first: Awaitable[Any],
+        started: float, deadline: tuple[float, Callable[[], float]] | None,
+    ) -> Any:
+        """A callable that looked sync (a plain function returning a coroutine, an object with
+        an ``async def __call__``) handed back a coroutine: await it, and retry as async."""
+        token = _DEADLINE.set(deadline) if deadline is not None else None
+        try:
+            try:
+                result = await self.attempt_async(first)
+            except Exception as exc:
+                error: Exception | None = exc
+                result = None
+            else:
+                if self.retry_on_result is None or not self.retry_on_result(result):
+                    return result
+                error = None
+            return await self.run_async(wrapped, args, kwargs, error, result, started)
+        finally:
+            if token is not None:
+                _DEADLINE.reset(token)
 
     async def run_async(
         self, wrapped: Callable[..., Awaitable[Any]], args: Any, kwargs: Any,
@@ -553,6 +597,9 @@ class _Policy:
                 if next_wait is None:
                     return self.final(history, error, result)
                 wait = next_wait
+                if self.on_retry:
+                    for pending_hook in self.run_hooks(history, error, result, wait):
+                        await pending_hook
                 if wait > 0:
                     if self.sleep is None:
                         await asyncio.sleep(wait)
@@ -562,7 +609,7 @@ class _Policy:
                             await pending
                 attempt_started = self.clock()
                 try:
-                    result = await self.attempt_async(wrapped, args, kwargs)
+                    result = await self.attempt_async(wrapped(*args, **kwargs))
                 except Exception as exc:
                     error = exc
                     continue
@@ -582,6 +629,7 @@ def _sync_wrapper(policy: _Policy) -> Callable[..., Any]:
     count_call, clock, budget = policy.count_call, policy.clock, policy.budget
     check_result = policy.retry_on_result
     has_deadline = policy.deadline is not None
+    coroutine = types.CoroutineType  # a result of this type is awaited and retried as async
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         count_call()
@@ -596,6 +644,9 @@ def _sync_wrapper(policy: _Policy) -> Callable[..., Any]:
                 error: Exception | None = exc
                 result = None
             else:
+                if type(result) is coroutine:
+                    return policy.adopt(wrapped, args, kwargs, result, started,
+                                        _DEADLINE.get() if has_deadline else None)
                 if check_result is None or not check_result(result):
                     return result
                 error = None
@@ -610,9 +661,13 @@ def _sync_wrapper(policy: _Policy) -> Callable[..., Any]:
         count_call()
         started = clock()
         try:
-            return wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
+            if type(result) is not coroutine:  # checked inside the try: cheapest there
+                return result
         except Exception as exc:
             error = exc
+        else:
+            return policy.adopt(wrapped, args, kwargs, result, started, None)
         return policy.run_sync(wrapped, args, kwargs, error, None, started)
 
     return lean if budget is None and not has_deadline and check_result is None else wrapper
@@ -633,7 +688,7 @@ def _async_wrapper(policy: _Policy) -> Callable[..., Any]:
         try:
             started = clock()
             try:
-                result = await policy.attempt_async(wrapped, args, kwargs)
+                result = await policy.attempt_async(wrapped(*args, **kwargs))
             except Exception as exc:
                 error: Exception | None = exc
                 result = None
@@ -689,7 +744,7 @@ def retry(
     last attempt the last result is returned). ``retry_after_cap``: longest server-requested
     wait honoured (default: the strategy's cap). ``idempotent``: allow retrying POST/PATCH
     errors. ``budget``: a shared :class:`RetryBudget`. ``on_retry``: hook(s) called with a
-    :class:`RetryState` before each wait. ``name``: the metrics label (default
+    :class:`RetryState` before each wait (awaited when async). ``name``: the metrics label (default
     ``module.qualname``). ``sleep``/``clock``: injectable for tests (``sleep`` may return an
     awaitable for async functions).
     """
@@ -719,6 +774,7 @@ def retry(
         raise TypeError(f"sleep must be callable, got {sleep!r}")
     if not callable(clock):
         raise TypeError(f"clock must be callable, got {clock!r}")
+    metrics = resolve_registry(registry)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         target = decoratable(func, "retry", "retrying it would only recreate the generator "
@@ -734,13 +790,19 @@ def retry(
             idempotent=idempotent,
             budget=budget,
             on_retry=hooks,
-            registry=registry if registry is not None else REGISTRY,
+            registry=metrics,
             sleep=sleep,
             clock=clock,
         )
         if inspect.iscoroutinefunction(target):
             wrapper = _async_wrapper(policy)
         else:
+            for hook in hooks:
+                if inspect.iscoroutinefunction(hook):
+                    raise TypeError(
+                        f"on_retry hook {_qualname(hook)} is async but {policy.function} is "
+                        "not: a sync retry cannot await it (use a plain function)"
+                    )
             wrapper = _sync_wrapper(policy)
         return cast("Callable[P, R]", wrap(func, wrapper))
 

@@ -153,9 +153,13 @@ def _bars(tests: list[dict[str, Any]]) -> str:
         y = 20 + index * height
         ratio = _ratio(result)
         color = _COLORS.get(result["verdict"], "#555")
-        label = html.escape(f"{nodeid} [{result['budget']}]")[-70:]
+        # The test's name (not its path) fits; the full node id is the tooltip.
+        short = f"{nodeid.split('::', 1)[-1]} [{result['budget']}]"
+        if len(short) > 64:
+            short = "…" + short[-63:]
         parts.append(f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end" '
-                     f'font-size="11">{label}</text>')
+                     f'font-size="11"><title>{html.escape(nodeid)}</title>'
+                     f'{html.escape(short)}</text>')
         parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{max(1.0, ratio * scale):.1f}" '
                      f'height="{height - 8}" fill="{color}"><title>{html.escape(result["verdict"])}'
                      f'</title></rect>')

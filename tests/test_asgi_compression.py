@@ -248,3 +248,59 @@ async def test_a_10_mib_body_does_not_stall_a_concurrent_small_request() -> None
             await timed("/health")
     # Wide margin: the small request must not wait for the big compression to finish.
     assert timings["/health"] < timings["/big"] / 2
+
+
+# -- BREACH padding ----------------------------------------------------------------------------
+
+
+async def test_breach_padding_varies_the_length_of_identical_content_and_round_trips() -> None:
+    app = CompressionMiddleware(ETagMiddleware(text_app()), breach_padding=64)
+    scope = http_scope("/", headers=[("accept-encoding", "gzip")])
+    responses = [await drive(app, dict(scope)) for _ in range(12)]
+    lengths = {len(sent[1]["body"]) for sent in responses}
+    assert len(lengths) > 1  # 12 draws of 1..64 padding bytes: all equal has odds ~1e-20
+    for sent in responses:
+        assert header(sent[0], "content-encoding") == "gzip"
+        assert int(header(sent[0], "content-length") or -1) == len(sent[1]["body"])
+        assert gzip.decompress(sent[1]["body"]).decode() == TEXT
+        # The bytes vary, so the gzip variant's validator is weak.
+        etag = header(sent[0], "etag") or ""
+        assert etag.startswith('W/"') and etag.endswith('-gzip"')
+
+
+async def fetch_raw_from(c: httpx.AsyncClient, accept: str, **headers: str) -> httpx.Response:
+    request = c.build_request("GET", "/", headers={"accept-encoding": accept, **headers})
+    return await c.send(request, stream=False)
+
+
+async def test_breach_padded_variant_still_revalidates_and_identity_is_untouched() -> None:
+    app = CompressionMiddleware(ETagMiddleware(text_app()), breach_padding=32)
+    async with client(app) as c:
+        zipped = await fetch_raw_from(c, "gzip")
+        again = await fetch_raw_from(c, "gzip", **{"if-none-match": zipped.headers["etag"]})
+        plain = await fetch_raw_from(c, "identity")
+    assert again.status_code == 304 and again.headers["etag"] == zipped.headers["etag"]
+    assert plain.headers["etag"].startswith('"') and plain.text == TEXT
+
+
+async def test_breach_padded_stream_round_trips_chunk_by_chunk() -> None:
+    async def chunks() -> Any:
+        for i in range(3):
+            yield (f"chunk {i} " * 100).encode()
+
+    async def stream(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = CompressionMiddleware(Starlette(routes=[Route("/s", stream)]), breach_padding=16,
+                                minimum_size=0)
+    sent = await drive(app, http_scope("/s", headers=[("accept-encoding", "gzip")]))
+    data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert header(sent[0], "content-encoding") == "gzip"
+    assert gzip.decompress(data) == b"".join((f"chunk {i} " * 100).encode() for i in range(3))
+    first = next(m["body"] for m in sent if m["type"] == "http.response.body" and m["body"])
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(first).startswith(b"chunk 0")
+
+
+def test_breach_padding_must_fit_a_gzip_header() -> None:
+    with pytest.raises(ValueError, match="breach_padding"):
+        CompressionMiddleware(text_app(), breach_padding=256)

@@ -683,3 +683,191 @@ async def test_a_cancelled_leader_does_not_cancel_the_waiters() -> None:
                 await anyio.sleep(1)
     assert statuses == [200] * 5
     assert app.calls["/slow"] == 2  # the cancelled leader's run, then one for all five
+
+
+# -- stale-while-revalidate (RFC 5861) and tag invalidation -----------------------------------
+
+SWR = {"h": "cache-control:max-age=10, stale-while-revalidate=30"}
+
+
+async def test_stale_while_revalidate_serves_stale_and_refreshes_once_in_background() -> None:
+    clock = Clock()
+    app, mw = cached(clock=clock)
+    async with client(mw) as c:
+        first = await c.get("/headers", params=SWR)
+        clock.now += 15  # stale for 5 s, inside the 30 s window
+        stale = await c.get("/headers", params=SWR)
+        stale_again = await c.get("/headers", params=SWR)  # one refresh is already running
+        await mw.drain()
+        fresh = await c.get("/headers", params=SWR)
+    assert first.text.startswith("headers 1")
+    assert stale.text == first.text and stale_again.text == first.text
+    assert stale.headers["cache-status"] == "perfkit; hit; ttl=-5; detail=stale"
+    assert stale.headers["age"] == "15"
+    assert app.calls["/headers"] == 2  # the two stale hits shared one refresh
+    assert fresh.text.startswith("headers 2")
+    assert fresh.headers["cache-status"].startswith("perfkit; hit; ttl=")
+    assert mw.stats["stale"] == 2 and mw.stats["revalidated"] == 1
+
+
+async def test_stale_entry_past_its_window_is_a_miss() -> None:
+    clock = Clock()
+    app, mw = cached(clock=clock)
+    async with client(mw) as c:
+        await c.get("/headers", params=SWR)
+        clock.now += 41
+        late = await c.get("/headers", params=SWR)
+    assert "stored" in late.headers["cache-status"] and late.text.startswith("headers 2")
+    assert app.calls["/headers"] == 2
+
+
+@pytest.mark.parametrize("directive", ["must-revalidate", "proxy-revalidate"])
+async def test_must_revalidate_forbids_serving_stale(directive: str) -> None:
+    clock = Clock()
+    app, mw = cached(clock=clock, stale_while_revalidate=30)
+    params = {"h": f"cache-control:max-age=10, {directive}, stale-while-revalidate=30"}
+    async with client(mw) as c:
+        await c.get("/headers", params=params)
+        clock.now += 15
+        r = await c.get("/headers", params=params)
+    assert "stored" in r.headers["cache-status"]
+    assert app.calls["/headers"] == 2
+
+
+async def test_default_stale_window_applies_when_the_response_names_none() -> None:
+    clock = Clock()
+    _app, mw = cached(clock=clock, stale_while_revalidate=20)
+    async with client(mw) as c:
+        await c.get("/page")  # max-age=60
+        clock.now += 70
+        r = await c.get("/page")
+        await mw.drain()
+    assert r.headers["cache-status"] == "perfkit; hit; ttl=-10; detail=stale"
+
+
+async def test_refresh_that_is_no_longer_storable_drops_the_stale_copy() -> None:
+    clock = Clock()
+    answers = iter(["max-age=10, stale-while-revalidate=30", "no-store", "no-store"])
+
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse("x", headers={"cache-control": next(answers)})
+
+    mw = ResponseCacheMiddleware(Starlette(routes=[Route("/r", endpoint)]),
+                                 backend=MemoryBackend(), clock=clock)
+    async with client(mw) as c:
+        await c.get("/r")
+        clock.now += 15
+        stale = await c.get("/r")
+        await mw.drain()
+        after = await c.get("/r")
+    assert stale.headers["cache-status"].endswith("detail=stale")
+    assert after.headers["cache-status"] == "perfkit; fwd=uri-miss; detail=no-store"
+    assert mw.stats["revalidated:not-stored"] == 1
+
+
+async def test_a_failing_refresh_keeps_the_stale_copy_and_is_counted() -> None:
+    clock = Clock()
+    calls = Counter[str]()
+
+    async def endpoint(request: Request) -> Response:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("backend down")
+        return PlainTextResponse("v1", headers={
+            "cache-control": "max-age=10, stale-while-revalidate=30"})
+
+    mw = ResponseCacheMiddleware(Starlette(routes=[Route("/r", endpoint)]),
+                                 backend=MemoryBackend(), clock=clock)
+    async with client(mw) as c:
+        await c.get("/r")
+        clock.now += 15
+        await c.get("/r")
+        await mw.drain()
+        again = await c.get("/r")
+        await mw.drain()
+    assert again.text == "v1" and again.headers["cache-status"].endswith("detail=stale")
+    assert mw.stats["revalidate-error"] == 2
+
+
+TAGGED = {"h": ["cache-control:max-age=60", "surrogate-key:user:42 posts"]}
+
+
+async def test_tag_invalidation_drops_only_entries_carrying_the_tag() -> None:
+    app, mw = cached()
+    async with client(mw) as c:
+        tagged = await c.get("/headers", params=TAGGED)
+        await c.get("/page")
+        await mw.invalidate(tags=["user:42"])
+        after = await c.get("/headers", params=TAGGED)
+        page = await c.get("/page")
+        await mw.invalidate(tags="posts")  # one tag as a plain string
+        after_posts = await c.get("/headers", params=TAGGED)
+    assert tagged.headers["surrogate-key"] == "user:42 posts"  # passed through, not stripped
+    assert "stored" in after.headers["cache-status"] and after.text.startswith("headers 2")
+    assert page.headers["cache-status"].startswith("perfkit; hit")
+    assert "stored" in after_posts.headers["cache-status"]
+    assert app.calls["/headers"] == 3
+
+
+async def test_tagged_entry_stored_after_the_invalidation_is_served() -> None:
+    clock = Clock()
+    _app, mw = cached(clock=clock)
+    async with client(mw) as c:
+        await mw.invalidate(tags=["posts"])
+        clock.now += 1
+        await c.get("/headers", params=TAGGED)
+        hit = await c.get("/headers", params=TAGGED)
+    assert hit.headers["cache-status"].startswith("perfkit; hit")
+
+
+async def test_too_many_tags_are_not_stored_and_bad_invalidations_are_refused() -> None:
+    _app, mw = cached(max_tags=2)
+    params = {"h": ["cache-control:max-age=60", "surrogate-key:a b c"]}
+    async with client(mw) as c:
+        r = await c.get("/headers", params=params)
+    assert r.headers["cache-status"].endswith("detail=too-many-tags")
+    with pytest.raises(TypeError, match="path, tags"):
+        await mw.invalidate()
+    with pytest.raises(ValueError, match="tags"):
+        await mw.invalidate(tags=[""])
+
+
+async def test_tag_log_keeps_a_floor_when_trimmed_so_old_entries_stay_invalid() -> None:
+    from perfkit.asgi import response_cache
+
+    clock = Clock()
+    _app, mw = cached(clock=clock)
+    async with client(mw) as c:
+        await c.get("/headers", params=TAGGED)
+        clock.now += 1
+        await mw.invalidate(tags=["user:42"])
+        for i in range(response_cache._LOG_MAX + 5):  # push user:42 out of the log
+            clock.now += 1
+            await mw.invalidate(tags=[f"other:{i}"])
+        after = await c.get("/headers", params=TAGGED)
+    assert len(mw._logs["t"][1]) == response_cache._LOG_MAX
+    assert "stored" in after.headers["cache-status"]
+
+
+@pytest.mark.redis
+async def test_redis_tag_invalidation_reaches_another_instance(
+    redis_url: str, unique_ns: str,
+) -> None:
+    from perfkit import RedisBackend
+
+    app = App()
+    backend_a = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
+    backend_b = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
+    worker_a = ResponseCacheMiddleware(app.starlette, backend=backend_a)
+    worker_b = ResponseCacheMiddleware(app.starlette, backend=backend_b)
+    try:
+        async with client(worker_a) as a, client(worker_b) as b:
+            await a.get("/headers", params=TAGGED)
+            await worker_a.invalidate(tags=["user:42"])
+            from_b = await b.get("/headers", params=TAGGED)
+        assert "stored" in from_b.headers["cache-status"]
+        assert app.calls["/headers"] == 2
+    finally:
+        backend_a.clear_namespace("perfkit.asgi")
+        backend_a.close()
+        backend_b.close()

@@ -130,6 +130,60 @@ def test_never_exceeds_its_byte_budget_whatever_the_workload():
     assert backend.rejected > 0  # the 30 kB values never fit
 
 
+class _Record:
+    def __init__(self, payload):
+        self.payload = payload
+
+
+class _Slotted:
+    __slots__ = ("payload",)
+
+    def __init__(self, payload):
+        self.payload = payload
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda blob: [[blob]],  # nested lists: one level of items hid the payload
+        lambda blob: {"rows": [blob]},
+        lambda blob: ({"a": (blob,)},),
+        lambda blob: _Record(blob),  # an object's attributes
+        lambda blob: _Slotted([blob]),
+    ],
+)
+def test_byte_budget_holds_for_nested_values(shape):
+    """Real bytes, not only the estimate's: 40 values each holding 50 kB under a 100 kB
+    budget must leave at most 2 of them cached."""
+    backend, _, _ = make(max_entries=10_000, initial_entries=1000, max_bytes=100_000)
+    for i in range(40):
+        backend.set(("ns", "i", i), shape(bytes([i % 256]) * 50_000), None)
+        assert backend.currsize_bytes <= 100_000
+    assert len(backend) <= 2
+
+
+def test_estimate_is_bounded_for_huge_containers():
+    from perfkit.caching.backends.memory import estimate_size
+
+    rows = [(f"{i:0100d}", i) for i in range(200_000)]  # distinct 100-char strings
+    estimate = estimate_size(rows)
+    assert estimate > 200_000 * 100  # extrapolated, not just the outer list
+    assert estimate < 200_000 * 1000  # and not wildly over
+    few = [[f"{i:0100d}"] for i in range(50)]
+    assert estimate_size([few, few]) < 1.1 * estimate_size(few)  # a shared list counts once
+
+
+def test_ghost_list_follows_the_entries_held_not_the_capacity():
+    """Under a small byte budget the cache holds few entries while its capacity is large:
+    the ghost list (memory outside the budget) must stay proportional to what is held."""
+    backend, _, _ = make(min_entries=1, max_entries=65_536, initial_entries=65_536,
+                         max_bytes=2_000)
+    for i in range(100_000):
+        backend.set(("ns", "i", i), i, None)
+    assert len(backend) < 100
+    assert len(backend._ghosts) <= 4 * max(len(backend), backend.min_entries) + 4
+
+
 def test_capacity_stays_within_min_and_max():
     backend, clock, _ = make(max_entries=40)
     for _ in range(30):

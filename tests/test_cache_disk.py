@@ -142,6 +142,48 @@ def test_another_directory_cannot_read_this_one(tmp_path):
     assert b.get(("ns", "i", 1)) is MISSING and b.bad_signatures == 1
 
 
+def test_a_deleted_and_recreated_directory_is_followed(tmp_path):
+    """A cleaner deletes the directory; another process recreates it with a new secret.
+    This process must follow: no stale reads from the deleted file, writes the others
+    see, and no deleting their rows as 'bad signatures' with its old secret."""
+    import shutil
+
+    path = tmp_path / "c"
+    first = DiskBackend(path)
+    first.set(("ns", "i", 1), "old", None)
+    shutil.rmtree(path)
+    second = DiskBackend(path)  # stands for another process: new directory, new secret
+    second.set(("ns", "i", 1), "new", None)
+    assert first.get(("ns", "i", 1)) == "new"  # not "old" from the unlinked file
+    first.set(("ns", "i", 2), "from first", None)
+    assert second.get(("ns", "i", 2)) == "from first"
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(first.get(("ns", "i", 1))))
+    reader.start()
+    reader.join()
+    assert seen == ["new"] and first.bad_signatures == 0
+    assert second.get(("ns", "i", 1)) == "new" and second.bad_signatures == 0
+
+
+def test_a_deleted_directory_is_recreated_on_next_use(tmp_path):
+    import shutil
+
+    path = tmp_path / "c"
+    backend = DiskBackend(path)
+    calls = []
+
+    @cached(ttl=60, backend=backend, namespace="gone")
+    def f(x):
+        calls.append(x)
+        return x
+
+    assert f(1) == 1
+    shutil.rmtree(path)
+    assert [f(1), f(1)] == [1, 1] and calls == [1, 1]  # recomputed once, then cached again
+    assert f.cache_stats().backend_errors == 0
+    assert stat.S_IMODE(os.stat(path / "secret.key").st_mode) == 0o600
+
+
 # -- bounds, time, failure -----------------------------------------------------------------
 
 
@@ -281,6 +323,37 @@ def test_invalidation_reaches_every_tier_and_other_hosts(three, unique_ns):
     ):
         time.sleep(0.02)
     assert there.l1.get(key) is MISSING and there.l2.get(key) is MISSING
+
+
+def test_promotion_from_redis_fills_the_disk_in_on_evict_mode(three, unique_ns):
+    key = (unique_ns, "i", 1)
+    three(host="writer").set(key, "v", 60)
+    reader = three(l2_writes="on_evict")
+    assert reader.get(key) == "v"  # from Redis
+    assert reader.l1.get(key) == "v" and reader.l2.get(key) == "v"  # as documented
+
+
+def test_a_lost_subscription_also_drops_this_hosts_disk_tier(redis_server, tmp_path, unique_ns):
+    """While the listener was disconnected it may have missed invalidations: memory *and*
+    this host's disk must be dropped, or the disk serves a deleted entry for its whole TTL."""
+    import redis
+
+    tiered = TieredBackend(MemoryBackend(100), DiskBackend(tmp_path / "d"),
+                           RedisBackend(redis_server.url))
+    try:
+        assert tiered._listener is not None and tiered._listener.subscribed.wait(5)
+        key = (unique_ns, "i", 1)
+        tiered.set(key, "v", 600)
+        client = redis.Redis.from_url(redis_server.url)
+        assert client.client_kill_filter(_type="pubsub") >= 1
+        client.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and tiered.l2.get(key) is not MISSING:
+            time.sleep(0.02)
+        assert tiered.l2.get(key) is MISSING and tiered.l1.get(key) is MISSING
+        assert tiered.get(key) == "v"  # still in Redis: refilled from there
+    finally:
+        tiered.close()
 
 
 def test_disk_keeps_serving_when_redis_is_down(redis_server, tmp_path, unique_ns):

@@ -38,6 +38,59 @@ def test_warm_fills_missing_entries_and_reports_failures():
     assert stats.misses == 6 and stats.currsize == 5
 
 
+def test_a_malformed_argument_set_is_a_failure_in_the_report(monkeypatch):
+    crashed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args))
+
+    @cached
+    def load(x=0, **extra):
+        return x
+
+    report = load.cache_warm([1, {1: "not a keyword"}, 3], concurrency=2)
+    assert (report.requested, report.filled, report.failed) == (3, 2, 1)
+    assert isinstance(report.failures[0].error, TypeError) and crashed == []
+
+
+async def test_async_warm_reports_a_malformed_argument_set():
+    @cached
+    async def load(x=0, **extra):
+        return x
+
+    report = await load.cache_warm([1, {1: "not a keyword"}, 3], concurrency=2)
+    assert (report.requested, report.filled, report.failed) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_broken_argument_source_raises_once_to_the_caller(monkeypatch, concurrency):
+    crashed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args))
+
+    def source():
+        yield 1
+        raise RuntimeError("the list of hot keys could not be read")
+
+    @cached
+    def load(x):
+        return x
+
+    with pytest.raises(RuntimeError, match="hot keys"):
+        load.cache_warm(source(), concurrency=concurrency)
+    assert crashed == []  # no worker thread died with it
+
+
+async def test_async_warm_raises_a_broken_argument_source():
+    def source():
+        yield 1
+        raise RuntimeError("the list of hot keys could not be read")
+
+    @cached
+    async def load(x):
+        return x
+
+    with pytest.raises(RuntimeError, match="hot keys"):
+        await load.cache_warm(source(), concurrency=3)
+
+
 def test_warm_bounds_concurrency_with_threads():
     active, peak, lock = 0, 0, threading.Lock()
 

@@ -490,3 +490,74 @@ def test_circuit_open_error_survives_pickling() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.name, copy.retry_after, copy.state, str(copy)) == (
         "db", 2.5, "open", str(error))
+
+
+async def test_sync_function_returning_a_coroutine_is_guarded_when_awaited(
+    clock: FakeClock, registry: Registry
+) -> None:
+    up = Upstream()
+    cb = breaker(clock, registry, failure_threshold=2)
+
+    @cb
+    def forward() -> Any:  # a plain function handing back the client's coroutine
+        return up.acall()
+
+    assert await forward() == "ok"
+    up.up = False
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await forward()
+    assert cb.state == "open"  # the failures happened on await, and were counted
+    with pytest.raises(CircuitOpenError):
+        await forward()
+    assert up.calls == 3
+    clock.now += 10
+    up.up = True
+    pending = forward()  # half-open: the trial slot is taken when awaited, not before
+    assert await forward() == "ok"
+    assert cb.state == "closed"
+    assert await pending == "ok"
+
+
+def test_outcome_of_a_call_admitted_in_a_racing_transition_is_ignored(
+    clock: FakeClock, registry: Registry
+) -> None:
+    """The closed-state fast path reads the state, then the generation, without the lock. A
+    transition between the two reads hands the call the *open* generation as a closed-state
+    token; its failure must not re-open the breaker (which would push back the trial)."""
+    cb = breaker(clock, registry, failure_threshold=1, reset_timeout=10)
+    with pytest.raises(ConnectionError), cb:
+        raise ConnectionError
+    raced = (cb._generation, False)  # what the racing admission read
+    clock.now += 9
+    cb._on_failure(raced)
+    with pytest.raises(CircuitOpenError) as info:
+        cb(lambda: None)()
+    assert info.value.retry_after == pytest.approx(1)  # still opens for trials at t+10
+    cb._on_success(raced)
+    clock.now += 1
+    assert cb.state == "half_open"
+
+
+async def test_async_composition_with_retry_in_both_orders(clock: FakeClock,
+                                                           registry: Registry) -> None:
+    up = Upstream()
+    up.up = False
+    outer_retry = breaker(clock, registry, failure_threshold=2)
+    call = retry(on=ConnectionError, attempts=5, sleep=clock.asleep, clock=clock,
+                 registry=registry)(outer_retry(up.acall))
+    with pytest.raises(CircuitOpenError):
+        await call()
+    assert up.calls == 2  # the third attempt failed fast, and CircuitOpenError is not retried
+
+    up.calls = 0
+    outer_breaker = CircuitBreaker("other", failure_threshold=2, reset_timeout=10,
+                                   clock=clock, registry=registry)
+    guarded = outer_breaker(retry(on=ConnectionError, attempts=3, sleep=clock.asleep,
+                                  registry=registry)(up.acall))
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await guarded()
+    with pytest.raises(CircuitOpenError):
+        await guarded()
+    assert up.calls == 6 and outer_breaker.failure_stats()["consecutive_failures"] == 0

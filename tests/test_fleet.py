@@ -158,3 +158,30 @@ def test_bad_arguments() -> None:
         RedisSink(Registry(), retention=-1, client=object())
     with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
         RedisSink(object(), client=object())  # type: ignore[arg-type]
+
+
+def test_dead_workers_are_forgotten_so_keys_stay_bounded(redis_url: str, prefix: str) -> None:
+    """Workers restart (new pid, new process id): the live ones keep refreshing the keys'
+    expiry, so the entries of the dead ones must be removed, or the hashes grow forever."""
+    import redis
+
+    now = [1000.0]
+    for worker in range(5):  # five generations of one worker, each dead after a push
+        registry = Registry(process_metrics=False)
+        sink = RedisSink(registry, redis_url, prefix=prefix, interval=10, retention=3600,
+                         process_id=f"gen-{worker}", clock=lambda: now[0])
+        registry.gauge("inflight", "In flight").set(1)
+        assert sink.flush()
+        now[0] += 4000  # past the retention
+    live = Registry(process_metrics=False)
+    live_sink = RedisSink(live, redis_url, prefix=prefix, interval=10, retention=3600,
+                          process_id="live", clock=lambda: now[0])
+    live.gauge("inflight", "In flight").set(2)
+    assert "inflight 2" in live.render_prometheus()
+    assert live_sink.flush()
+    client = redis.Redis.from_url(redis_url)
+    gauge_fields = [f.decode() for f in client.hkeys(f"{prefix}:g:inflight")]
+    procs = [p.decode() for p in client.zrange(f"{prefix}:procs", 0, -1)]
+    client.close()
+    assert [f.split("\x1f")[0] for f in gauge_fields] == ["live"]
+    assert procs == ["live"]

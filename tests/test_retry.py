@@ -781,3 +781,155 @@ def test_a_reused_exception_instance_does_not_pile_up_notes(clock: FakeClock,
             down()
     notes = shared.__notes__
     assert len(notes) == 1 and "gave up" in notes[0]
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_error_whose_request_property_raises_is_still_retried(clock: FakeClock,
+                                                              registry: Registry) -> None:
+    """httpx's RequestError.request raises RuntimeError when unset: that must not leak out."""
+    calls = 0
+
+    @retry(on=httpx.TransportError, attempts=3, sleep=clock.sleep, registry=registry)
+    def connect() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise httpx.ConnectError("connection refused")  # no request attached
+        return "ok"
+
+    assert connect() == "ok"
+    assert calls == 3
+    assert retry_after_seconds(httpx.ConnectError("refused")) is None
+
+
+def test_aiohttp_style_post_without_idempotency_key_is_not_retried(
+    clock: FakeClock, registry: Registry
+) -> None:
+    """aiohttp's ClientResponseError carries the request as ``request_info`` (no aiohttp here:
+    the attribute shape is what matters)."""
+
+    class RequestInfo:
+        def __init__(self, method: str, headers: dict[str, str]) -> None:
+            self.method, self.headers = method, headers
+
+    class ClientResponseError(Exception):
+        def __init__(self, method: str, headers: dict[str, str] | None = None) -> None:
+            super().__init__(f"503 on {method}")
+            self.request_info = RequestInfo(method, headers or {})
+            self.headers = {"Retry-After": "1"}
+
+    post = flaky(1, ClientResponseError("POST"))
+    with pytest.raises(ClientResponseError) as info:
+        retry(on=ClientResponseError, sleep=clock.sleep, registry=registry)(post)()
+    assert retry_history(info.value).reason == "not_idempotent"  # type: ignore[union-attr]
+    keyed = flaky(1, ClientResponseError("POST", {"Idempotency-Key": "k"}))
+    assert retry(on=ClientResponseError, sleep=clock.sleep, registry=registry)(keyed)() == 2
+    assert clock.sleeps == [1.0]  # and its Retry-After header was honoured
+
+
+async def test_async_on_retry_hooks_are_awaited(clock: FakeClock, registry: Registry) -> None:
+    seen: list[int] = []
+
+    async def hook(state: RetryState) -> None:
+        await asyncio.sleep(0)
+        seen.append(state.attempt)
+
+    calls = 0
+
+    @retry(on=ConnectionError, attempts=3, sleep=clock.asleep, on_retry=[hook, print],
+           registry=registry)
+    async def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError
+        return "ok"
+
+    assert await fetch() == "ok"
+    assert seen == [1, 2]
+
+
+def test_async_hook_on_a_sync_function_is_refused_at_decoration() -> None:
+    async def hook(state: RetryState) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"on_retry hook .*hook is async"):
+        retry(on=ConnectionError, on_retry=hook)(lambda: None)
+
+
+async def test_sync_function_returning_a_coroutine_is_retried_as_async(
+    clock: FakeClock, registry: Registry
+) -> None:
+    calls = 0
+
+    async def request() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError
+        return "ok"
+
+    @retry(on=ConnectionError, attempts=3, sleep=clock.asleep, registry=registry, name="fwd")
+    def forward() -> Any:  # a plain function handing back the client's coroutine
+        return request()
+
+    assert await forward() == "ok"
+    assert calls == 3 and len(clock.sleeps) == 2
+
+    class AsyncCallable:  # an object with an async __call__ looks sync to inspect on 3.11
+        async def __call__(self) -> str:
+            raise ConnectionError("down")
+
+    down = retry(on=ConnectionError, attempts=2, sleep=clock.asleep, registry=registry,
+                 deadline=60, retry_on_result=lambda r: r is None)(AsyncCallable())
+    with pytest.raises(ConnectionError) as info:
+        await down()
+    assert retry_history(info.value).attempts == 2  # type: ignore[union-attr]
+    assert registry.snapshot()["perfkit_retry_retries_total"]["series"][("fwd",)] == 2
+
+
+def test_shared_budget_bounds_a_dead_upstream_under_real_threads(registry: Registry) -> None:
+    """The issue's bound, with the calls coming from 4 threads sharing one budget."""
+    budget = RetryBudget(0.1, min_per_second=0, clock=FakeClock())
+    attempts = 0
+    lock = threading.Lock()
+
+    @retry(on=ConnectionError, attempts=5, budget=budget, backoff=0, registry=registry)
+    def dead() -> None:
+        nonlocal attempts
+        with lock:
+            attempts += 1
+        raise ConnectionError
+
+    def run() -> None:
+        for _ in range(250):
+            try:
+                dead()
+            except ConnectionError:
+                pass
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1000 < attempts <= 1.1 * 1000
+
+
+def test_sync_cancellation_during_a_wait_propagates(registry: Registry) -> None:
+    calls = 0
+
+    def interrupted_sleep(seconds: float) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while waiting between attempts
+
+    @retry(on=ConnectionError, attempts=5, sleep=interrupted_sleep, registry=registry)
+    def down() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError
+
+    with pytest.raises(KeyboardInterrupt):
+        down()
+    assert calls == 1

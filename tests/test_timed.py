@@ -244,3 +244,49 @@ def test_timed_metrics_in_prometheus_text(registry: Registry) -> None:
     counts = [s for s in samples if s.name == "perfkit_timed_seconds_count"
               and s.labels == {"function": "svc.export", "outcome": "ok"}]
     assert counts and counts[0].value == 1
+
+
+async def test_sync_function_returning_a_coroutine_is_timed_until_awaited(
+    fake_time: FakePerfCounter, registry: Registry
+) -> None:
+    async def request(fail: bool) -> str:
+        await asyncio.sleep(0)
+        fake_time.now += 0.5  # the work happens when the coroutine is awaited
+        if fail:
+            raise ConnectionError
+        return "ok"
+
+    @timed("svc.forward", registry)
+    def forward(fail: bool = False) -> Any:  # a plain function handing back a coroutine
+        return request(fail)
+
+    assert await forward() == "ok"
+    with pytest.raises(ConnectionError):
+        await forward(fail=True)
+    assert series(registry, "svc.forward", "ok")["p50"] == pytest.approx(0.5, rel=0.01)
+    assert series(registry, "svc.forward", "error")["count"] == 1
+
+
+def test_block_budget_holds_across_fresh_timers(
+    fake_time: FakePerfCounter, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``with timed("x", budget_ms=...)`` makes a new Timer per block: the budget must still
+    see the recent calls and warn once per interval."""
+    with caplog.at_level(logging.WARNING, logger="perfkit.timing"):
+        for _ in range(100):  # 100 blocks of 50 ms = 5 s against a 1 s interval
+            with timed("block.budgeted", registry, budget_ms=10, budget_interval=1):
+                fake_time.now += 0.05
+    exceeded = registry.snapshot()["perfkit_timed_budget_exceeded_total"]["series"]
+    assert 3 <= exceeded[("block.budgeted",)] <= 5
+    assert len(caplog.records) == exceeded[("block.budgeted",)]
+
+
+def test_registry_argument_is_checked_by_every_decorator() -> None:
+    from perfkit import CircuitBreaker, retry
+
+    with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
+        timed("x", "not a registry")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
+        retry(on=ConnectionError, registry={})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"registry must be a perfkit\.Registry"):
+        CircuitBreaker("x", registry=3)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from perfkit.asgi.compression import CompressionMiddleware
 from perfkit.asgi.conditional import conditional
 from perfkit.asgi.etag import ETagMiddleware
 from perfkit.asgi.response_cache import ResponseCacheMiddleware
+from perfkit.asgi.sql import SQLMonitorMiddleware
 from perfkit.asgi.timing import TimingMiddleware, metrics_app
 from perfkit.spans import span
 
@@ -28,6 +29,7 @@ __all__ = [
     "CompressionMiddleware",
     "ETagMiddleware",
     "ResponseCacheMiddleware",
+    "SQLMonitorMiddleware",
     "TimingMiddleware",
     "conditional",
     "metrics_app",

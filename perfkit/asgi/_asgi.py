@@ -5,8 +5,8 @@ Kept free of Starlette so the middleware runs under any ASGI 3 server or framewo
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from typing import Any, cast
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,6 +17,25 @@ Headers = list[tuple[bytes, bytes]]
 
 START = "http.response.start"
 BODY = "http.response.body"
+
+
+class _Ready:
+    """An awaitable that is already complete (``await READY`` returns None at once).
+
+    The layers' ``send`` functions are plain functions returning the next layer's awaitable,
+    so no coroutine is created per message per layer; one that holds a message back (to
+    decide on its headers when the body comes) returns this instead.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # An exhausted iterator stays exhausted: one shared instance serves every await.
+        return cast(Generator[Any, None, None], _EXHAUSTED)
+
+
+_EXHAUSTED = iter(())
+READY: Awaitable[None] = _Ready()
 
 
 def content_length(headers: Any) -> int | None:
@@ -34,6 +53,49 @@ def empty_body() -> Message:
     return {"type": BODY, "body": b"", "more_body": False}
 
 
+SCOPE_HEADERS = "perfkit.headers"
+"""Scope key where the first perfkit layer leaves the request headers as a dict."""
+
+
+def header_fields(headers: Any) -> dict[bytes, bytes]:
+    """Header fields by lower-case name, repeated fields joined with ``", "``.
+
+    Read only presence from a joined ``set-cookie``. (A plain loop: for the handful of
+    fields a request or response has, it beats ``dict()`` plus a case check.)
+    """
+    found: dict[bytes, bytes] = {}
+    for key, value in headers:
+        name = key.lower()
+        found[name] = found[name] + b", " + value if name in found else value
+    return found
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """:func:`header_fields` of the request, computed once and shared through the scope.
+
+    A layer that replaces or extends ``scope["headers"]`` (a new list, or a longer one)
+    gets a fresh map.
+    """
+    headers = scope["headers"]
+    memo = scope.get(SCOPE_HEADERS)
+    if memo is not None and memo[0] is headers and memo[1] == len(headers):
+        found: dict[bytes, bytes] = memo[2]
+        return found
+    found = header_fields(headers)
+    scope[SCOPE_HEADERS] = (headers, len(headers), found)
+    return found
+
+
+def is_conditional(headers: dict[bytes, bytes]) -> bool:
+    """Does a request (headers from :func:`request_headers`) carry a precondition field?"""
+    return (
+        b"if-none-match" in headers
+        or b"if-match" in headers
+        or b"if-modified-since" in headers
+        or b"if-unmodified-since" in headers
+    )
+
+
 SCOPE_ROUTE = "perfkit.route"
 """Scope key where the response cache leaves the route template of an entry it serves."""
 
@@ -43,10 +105,11 @@ def route_template(scope: Scope) -> str | None:
     cached = scope.get(SCOPE_ROUTE)
     if cached is not None:
         return str(cached)
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(scope.get("route"), "path", None)
     if not isinstance(path, str):
         return None
+    root: str = scope.get("root_path", "")
+    if not root:
+        return path
     # Inside a Mount, root_path holds the mount prefix (beyond the app's own root path).
-    mount: str = scope.get("root_path", "")[len(scope.get("app_root_path", "")):]
-    return mount + path
+    return root[len(scope.get("app_root_path", "")):] + path

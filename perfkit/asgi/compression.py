@@ -11,12 +11,15 @@ compresses large bodies in a worker thread.
 
 from __future__ import annotations
 
+import secrets
+import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from perfkit.asgi._asgi import (
     BODY,
+    READY,
     START,
     ASGIApp,
     Message,
@@ -24,6 +27,7 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     content_length,
+    request_headers,
 )
 from perfkit.http_rules import merge_vary, negotiate_encoding, parse_etag
 
@@ -44,6 +48,7 @@ _NEVER = ("text/event-stream",)  # SSE through a compressor buffers events; leav
 _SUFFIX = "-gzip"
 _MEMO_MAX = 256
 _SUFFIX_BYTES = b'-gzip"'
+_NOTHING: Message = {}
 
 
 class CompressionMiddleware:
@@ -53,6 +58,13 @@ class CompressionMiddleware:
     (bigger bodies are compressed off the event loop), ``content_types`` =
     :data:`DEFAULT_CONTENT_TYPES`. A client that refuses every coding including identity
     (``identity;q=0``) gets identity anyway (RFC 9110 §12.5.3 allows it; a 406 helps no one).
+
+    ``breach_padding=N`` (off by default) writes a random file name of 1..N bytes into
+    each gzip header, as Django does, so identical content compresses to varying lengths:
+    a BREACH attacker then needs many more requests per guessed byte. The compressed
+    variant's ETag becomes weak (``W/"h-gzip"``), since its bytes now vary. It is a
+    mitigation, not a fix: keep secrets (CSRF tokens) out of compressed responses that
+    also reflect user input, or mask them per request.
     """
 
     def __init__(
@@ -63,15 +75,19 @@ class CompressionMiddleware:
         compresslevel: int = 6,
         thread_minimum_size: int = 256 * 1024,
         content_types: Iterable[str] = DEFAULT_CONTENT_TYPES,
+        breach_padding: int = 0,
     ) -> None:
         if minimum_size < 0:
             raise ValueError(f"minimum_size must be >= 0, got {minimum_size!r}")
         if not 0 <= compresslevel <= 9:
             raise ValueError(f"compresslevel must be 0..9, got {compresslevel!r}")
+        if not 0 <= breach_padding <= 255:
+            raise ValueError(f"breach_padding must be 0..255 bytes, got {breach_padding!r}")
         self.app = app
         self.minimum_size = minimum_size
         self.compresslevel = compresslevel
         self.thread_minimum_size = thread_minimum_size
+        self.breach_padding = breach_padding
         self.content_types = tuple(t.lower() for t in content_types)
         # Small memo tables: header values repeat, parsing them per request is waste.
         self._gzip_ok: dict[bytes | None, bool] = {}
@@ -107,91 +123,107 @@ class CompressionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        accept: bytes | None = None
-        suffixed_request = False
-        for key, value in scope["headers"]:
-            if key == b"accept-encoding":
-                accept = value if accept is None else accept + b"," + value
-            elif key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
-                suffixed_request = True
-        if suffixed_request:
-            # In place, not a copy: outer layers (timing) must see what the router adds.
-            scope["headers"] = _unsuffix_conditions(scope["headers"])
-        responder = _Responder(self, send, gzip=self.accepts_gzip(accept),
-                               suffixed=suffixed_request)
-        await self.app(scope, receive, responder.send)
+        headers = request_headers(scope)
+        accept = headers.get(b"accept-encoding")
+        gzip = self._gzip_ok.get(accept)
+        if gzip is None:
+            gzip = self.accepts_gzip(accept)
+        suffixed = False
+        if b"if-none-match" in headers or b"if-match" in headers:
+            inm = headers.get(b"if-none-match", b"") + headers.get(b"if-match", b"")
+            if _SUFFIX_BYTES in inm:
+                suffixed = True
+                # In place, not a copy: outer layers (timing) must see what the router adds.
+                scope["headers"] = _unsuffix_conditions(scope["headers"])
+        await self.app(scope, receive, _Responder(self, send, gzip, suffixed).send)
+
+
+_START, _PASS, _HOLD, _STREAM = 0, 1, 2, 3
+_VARY = (b"vary", b"Accept-Encoding")
+_SCANNED = frozenset({b"content-type", b"content-encoding", b"vary"})
 
 
 class _Responder:
-    """Per-request state, so nothing request-specific lives on the middleware."""
+    """Per-request state, so nothing request-specific lives on the middleware.
+
+    ``send`` returns the next layer's awaitable (no coroutine per message) except while
+    it holds the start for the first body chunk or compresses.
+    """
 
     __slots__ = ("compressor", "gzip", "held", "mw", "out", "state", "suffixed")
 
-    def __init__(self, mw: CompressionMiddleware, send: Send, *, gzip: bool,
+    def __init__(self, mw: CompressionMiddleware, send: Send, gzip: bool,
                  suffixed: bool) -> None:
         self.mw = mw
         self.out = send
         self.gzip = gzip
         self.suffixed = suffixed
-        self.held: Message | None = None
+        self.held: Message = _NOTHING
         self.compressor: Any = None
-        self.state = "start"  # start -> hold -> stream | pass
+        self.state = _START
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
         state = self.state
-        if state == "pass":
-            await self.out(message)
-        elif state == "stream":
-            await self._stream(message)
-        elif state == "start":
+        if state == _PASS:
+            return self.out(message)
+        if state == _START:
             if message["type"] == START:
-                await self._start(message)
-            else:
-                await self.out(message)  # e.g. early hints before the start
-        else:  # hold: waiting for the first body chunk to choose
-            await self._first_body(message)
+                return self._start(message)
+            return self.out(message)  # e.g. early hints before the start
+        if state == _HOLD:  # waiting for the first body chunk to choose
+            return self._first_body(message)
+        return self._stream(message)
 
-    async def _start(self, message: Message) -> None:
-        headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
-        message["headers"] = headers
+    def _start(self, message: Message) -> Awaitable[None]:
+        self.state = _PASS
         status: int = message["status"]
+        headers = message.get("headers", ())
         if status == 304:
             if self.suffixed:
-                _suffix_etag(headers)  # the client holds the gzip variant: echo its tag
+                headers = list(headers)
+                # The client holds the gzip variant: echo its tag.
+                _suffix_etag(headers, weak=self.mw.breach_padding > 0)
                 _add_vary(headers)
-            self.state = "pass"
-            await self.out(message)
-            return
-        content_type = encoding = None
+                message["headers"] = headers
+            return self.out(message)
+        if status < 200 or status == 204 or status == 206:
+            return self.out(message)
+        content_type = None
+        has_vary = False
         for key, value in headers:
             name = key.lower()
+            if name not in _SCANNED:
+                continue
             if name == b"content-type":
                 content_type = value
-            elif name == b"content-encoding":
-                encoding = value
-        if (
-            encoding is not None
-            or status in (204, 206)
-            or status < 200
-            or not self.mw.compressible(content_type)
-        ):
-            self.state = "pass"
-            await self.out(message)
-            return
-        _add_vary(headers)  # the choice depends on Accept-Encoding, compressed or not
+            elif name == b"vary":
+                has_vary = True
+            else:
+                return self.out(message)  # already encoded (Content-Encoding): leave it
+        mw = self.mw
+        compressible = mw._compressible.get(content_type) if content_type else False
+        if compressible is None:
+            compressible = mw.compressible(content_type)
+        if not compressible:
+            return self.out(message)
+        # The choice depends on Accept-Encoding, compressed or not: say so in Vary.
+        if has_vary:
+            headers = list(headers)
+            _add_vary(headers)
+            message["headers"] = headers
+        else:
+            message["headers"] = [*headers, _VARY]
         if not self.gzip:
-            self.state = "pass"
-            await self.out(message)
-            return
+            return self.out(message)
         self.held = message
-        self.state = "hold"
+        self.state = _HOLD
+        return READY
 
     async def _first_body(self, message: Message) -> None:
         start = self.held
-        assert start is not None
-        self.held = None
+        self.held = _NOTHING
+        self.state = _PASS
         if message["type"] != BODY:
-            self.state = "pass"
             await self.out(start)
             await self.out(message)
             return
@@ -203,20 +235,20 @@ class _Responder:
             declared is not None and declared < self.mw.minimum_size
         )
         if small:
-            self.state = "pass"
             await self.out(start)
             await self.out(message)
             return
-        self.compressor = zlib.compressobj(
-            self.mw.compresslevel, zlib.DEFLATED, 16 + zlib.MAX_WBITS
-        )
+        mw = self.mw
+        self.compressor = _PaddedGzip(mw.compresslevel, mw.breach_padding) if (
+            mw.breach_padding) else zlib.compressobj(mw.compresslevel, zlib.DEFLATED,
+                                                     16 + zlib.MAX_WBITS)
         compressed = await self._compress(body, more)
         headers[:] = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         headers.append((b"content-encoding", b"gzip"))
         if not more:
             headers.append((b"content-length", str(len(compressed)).encode()))
-        _suffix_etag(headers)
-        self.state = "stream" if more else "pass"
+        _suffix_etag(headers, weak=mw.breach_padding > 0)
+        self.state = _STREAM if more else _PASS
         await self.out(start)
         await self.out({**message, "body": compressed})
 
@@ -229,7 +261,7 @@ class _Responder:
             data = await self._compress(message.get("body", b""), more)
         finally:
             if not more:
-                self.state = "pass"
+                self.state = _PASS
         await self.out({**message, "body": data})
 
     async def _compress(self, body: bytes, more: bool) -> bytes:
@@ -260,21 +292,58 @@ def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:
     headers.append((b"vary", b"Accept-Encoding"))
 
 
-def _suffix_etag(headers: list[tuple[bytes, bytes]]) -> None:
-    """A strong ETag names exact bytes: the gzip variant gets its own (``"h-gzip"``)."""
+def _suffix_etag(headers: list[tuple[bytes, bytes]], weak: bool = False) -> None:
+    """A strong ETag names exact bytes: the gzip variant gets its own (``"h-gzip"``), weak
+    (``W/"h-gzip"``) when BREACH padding makes those bytes vary."""
     for i, (key, value) in enumerate(headers):
         if key.lower() == b"etag":
             tag = parse_etag(value.decode("latin-1"))
-            if tag is not None and not tag.weak and not tag.opaque.endswith(_SUFFIX):
-                headers[i] = (key, f'"{tag.opaque}{_SUFFIX}"'.encode("latin-1"))
+            if tag is not None and not tag.weak:
+                opaque = tag.opaque if tag.opaque.endswith(_SUFFIX) else tag.opaque + _SUFFIX
+                tagged = f'W/"{opaque}"' if weak else f'"{opaque}"'
+                headers[i] = (key, tagged.encode("latin-1"))
             return
+
+
+class _PaddedGzip:
+    """A gzip stream whose header carries a random-length file name (BREACH padding).
+
+    Same ``compress``/``flush`` interface as ``zlib.compressobj``: raw deflate between a
+    hand-written header (RFC 1952, FNAME flag) and the CRC-32/size trailer.
+    """
+
+    __slots__ = ("crc", "deflate", "header", "size")
+
+    def __init__(self, level: int, max_padding: int) -> None:
+        self.deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        name = secrets.token_hex(max_padding)[: 1 + secrets.randbelow(max_padding)]
+        # magic, deflate, FNAME flag, mtime 0, no extra flags, OS unknown; name, NUL.
+        self.header = b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\xff" + name.encode() + b"\x00"
+        self.crc = 0
+        self.size = 0
+
+    def compress(self, data: bytes) -> bytes:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        return self._head(self.deflate.compress(data))
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        out = self._head(self.deflate.flush(mode))
+        if mode == zlib.Z_FINISH:
+            out += struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF)
+        return out
+
+    def _head(self, data: bytes) -> bytes:
+        if self.header:
+            data, self.header = self.header + data, b""
+        return data
 
 
 def _unsuffix_conditions(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Add the identity form of each ``-gzip`` tag, so inner layers compare what they made."""
     out: list[tuple[bytes, bytes]] = []
     for key, value in headers:
-        if key in (b"if-none-match", b"if-match") and _SUFFIX_BYTES in value:
+        if _SUFFIX_BYTES in value and key.lower() in (b"if-none-match", b"if-match"):
             value = value + b", " + value.replace(_SUFFIX_BYTES, b'"')
         out.append((key, value))
     return out

@@ -9,10 +9,12 @@ gets conditional handling too. Streams, ``no-store`` responses and bodies over
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from perfkit.asgi._asgi import (
     BODY,
+    READY,
     START,
     ASGIApp,
     Message,
@@ -21,13 +23,15 @@ from perfkit.asgi._asgi import (
     Send,
     content_length,
     empty_body,
+    is_conditional,
+    request_headers,
 )
 from perfkit.http_rules import (
     EtagAlgorithm,
     Precondition,
     RequestConditions,
+    etag_function,
     evaluate_preconditions,
-    make_etag,
     not_modified_headers,
     parse_http_date,
 )
@@ -36,6 +40,7 @@ SCOPE_ETAG = "perfkit.etag"
 """Scope key where a validator-first route leaves its ETag for the middleware to send."""
 
 _PASS, _HOLD, _DONE = 0, 1, 2
+_NOTHING: Message = {}
 
 
 class ETagMiddleware:
@@ -52,97 +57,113 @@ class ETagMiddleware:
     ) -> None:
         if max_body < 0:
             raise ValueError(f"max_body must be >= 0, got {max_body!r}")
-        make_etag(b"", algorithm)  # validates the name now, not on the first request
         self.app = app
         self.max_body = max_body
         self.algorithm: EtagAlgorithm = algorithm
+        self.digest = etag_function(algorithm)  # validates the name now, not per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        method: str = scope["method"]
-        conditions = RequestConditions.from_asgi(scope["headers"])
-        max_body = self.max_body
-        algorithm = self.algorithm
-        state = _PASS
-        held: Message = {}
+        await self.app(scope, receive, _Responder(self, scope, send).send)
 
-        async def send_not_modified(start: Message, outcome: Precondition) -> None:
-            nonlocal state
-            if outcome is Precondition.NOT_MODIFIED:
-                headers = not_modified_headers(start["headers"])
-                await send({"type": START, "status": 304, "headers": headers})
-            else:
-                await send({"type": START, "status": 412, "headers": _only_validators(start)})
-            await send(empty_body())
-            state = _DONE
 
-        async def etag_send(message: Message) -> None:
-            nonlocal state, held
-            kind = message["type"]
-            if state == _PASS:
-                if kind != START:
-                    await send(message)
-                    return
-                status: int = message["status"]
-                if not 200 <= status < 300:
-                    await send(message)
-                    return
-                own_etag, modified, no_store, length = _scan(message.get("headers", ()))
-                route_etag: str | None = scope.get(SCOPE_ETAG)
-                if own_etag is None and route_etag is not None:
-                    own_etag = route_etag.encode("latin-1")
-                    message["headers"] = [*message.get("headers", ()), (b"etag", own_etag)]
-                if own_etag is not None or modified is not None:
-                    # The app chose its validators; evaluate them without touching the body.
-                    if conditions.any:
-                        lm = parse_http_date(modified.decode("latin-1")) if modified else None
-                        tag = own_etag.decode("latin-1") if own_etag else None
-                        outcome = evaluate_preconditions(method, conditions, tag, lm)
-                        if outcome in (Precondition.NOT_MODIFIED, Precondition.FAILED):
-                            await send_not_modified(message, outcome)
-                            return
-                    await send(message)
-                    return
-                if status != 200 or no_store or (length is not None and length > max_body):
-                    await send(message)
-                    return
-                held = message
-                state = _HOLD
-                return
-            if state == _HOLD:
-                state = _PASS
-                start = held
-                held = {}
-                body: bytes = message.get("body", b"")
-                if (
-                    kind != BODY
-                    or message.get("more_body", False)
-                    or len(body) > max_body
-                    or (method == "HEAD" and not body
-                        and content_length(start.get("headers", ())) not in (None, 0))
-                ):
-                    # Streaming, too large, a HEAD without the body, or an unusual message:
-                    # send as it came, in order, without an ETag.
-                    await send(start)
-                    await send(message)
-                    return
-                tag = make_etag(body, algorithm)
-                start["headers"] = [*start.get("headers", ()), (b"etag", tag.encode("latin-1"))]
-                if conditions.any:
-                    outcome = evaluate_preconditions(method, conditions, tag)
-                    if outcome in (Precondition.NOT_MODIFIED, Precondition.FAILED):
-                        await send_not_modified(start, outcome)
-                        return
-                await send(start)
-                await send(message)
-                return
-            # _DONE: a 304/412 went out; the app's body (and trailers) are dropped.
-            if not kind.startswith("http.response."):
-                await send(message)
+class _Responder:
+    """One request's state; ``send`` returns the next layer's awaitable (no coroutine)."""
 
-        await self.app(scope, receive, etag_send)
+    __slots__ = ("conditions", "held", "mw", "out", "scope", "state")
+
+    def __init__(self, mw: ETagMiddleware, scope: Scope, send: Send) -> None:
+        self.mw = mw
+        self.scope = scope
+        self.out = send
+        self.state = _PASS
+        self.held: Message = _NOTHING
+        self.conditions: RequestConditions | None = None
+        if is_conditional(request_headers(scope)):
+            conditions = RequestConditions.from_asgi(scope["headers"])
+            if conditions.any:
+                self.conditions = conditions
+
+    def send(self, message: Message) -> Awaitable[None]:
+        state = self.state
+        if state == _PASS:
+            if message["type"] != START or not 200 <= message["status"] < 300:
+                return self.out(message)
+            return self._start(message)
+        if state == _HOLD:
+            return self._first_body(message)
+        # _DONE: a 304/412 went out; the app's body (and trailers) are dropped.
+        if message["type"].startswith("http.response."):
+            return READY
+        return self.out(message)
+
+    def _start(self, message: Message) -> Awaitable[None]:
+        headers = message.get("headers", ())
+        own_etag, modified, no_store, length = _scan(headers)
+        if own_etag is None:
+            route_etag: str | None = self.scope.get(SCOPE_ETAG)
+            if route_etag is not None:
+                own_etag = route_etag.encode("latin-1")
+                message["headers"] = [*headers, (b"etag", own_etag)]
+        if own_etag is not None or modified is not None:
+            # The app chose its validators; evaluate them without touching the body.
+            conditions = self.conditions
+            if conditions is not None:
+                lm = parse_http_date(modified.decode("latin-1")) if modified else None
+                tag = own_etag.decode("latin-1") if own_etag else None
+                outcome = evaluate_preconditions(self.scope["method"], conditions, tag, lm)
+                if outcome is Precondition.NOT_MODIFIED or outcome is Precondition.FAILED:
+                    self.state = _DONE
+                    return self._refuse(message, outcome)
+            return self.out(message)
+        if message["status"] != 200 or no_store or (
+            length is not None and length > self.mw.max_body
+        ):
+            return self.out(message)
+        self.held = message
+        self.state = _HOLD
+        return READY
+
+    def _first_body(self, message: Message) -> Awaitable[None]:
+        self.state = _PASS
+        start = self.held
+        body: bytes = message.get("body", b"")
+        if (
+            message["type"] != BODY
+            or message.get("more_body", False)
+            or len(body) > self.mw.max_body
+            or (not body and self.scope["method"] == "HEAD"
+                and content_length(start.get("headers", ())) not in (None, 0))
+        ):
+            # Streaming, too large, a HEAD without the body, or an unusual message:
+            # send as it came, in order, without an ETag.
+            return self._both(start, message)
+        tag = self.mw.digest(body)
+        start["headers"] = [*start.get("headers", ()), (b"etag", tag.encode("latin-1"))]
+        conditions = self.conditions
+        if conditions is not None:
+            outcome = evaluate_preconditions(self.scope["method"], conditions, tag)
+            if outcome is Precondition.NOT_MODIFIED or outcome is Precondition.FAILED:
+                self.state = _DONE
+                return self._refuse(start, outcome)
+        return self._both(start, message)
+
+    async def _both(self, start: Message, message: Message) -> None:
+        await self.out(start)
+        await self.out(message)
+
+    async def _refuse(self, start: Message, outcome: Precondition) -> None:
+        if outcome is Precondition.NOT_MODIFIED:
+            headers = not_modified_headers(start["headers"])
+            await self.out({"type": START, "status": 304, "headers": headers})
+        else:
+            await self.out({"type": START, "status": 412, "headers": _only_validators(start)})
+        await self.out(empty_body())
+
+
+_SCANNED = frozenset({b"etag", b"last-modified", b"cache-control", b"content-length"})
 
 
 def _scan(headers: Any) -> tuple[bytes | None, bytes | None, bool, int | None]:
@@ -152,17 +173,19 @@ def _scan(headers: Any) -> tuple[bytes | None, bytes | None, bool, int | None]:
     length: int | None = None
     for key, value in headers:
         name = key.lower()
-        if name == b"etag":
-            etag = value
-        elif name == b"last-modified":
-            modified = value
-        elif name == b"cache-control":
-            no_store = no_store or b"no-store" in value.lower()
-        elif name == b"content-length":
+        if name not in _SCANNED:
+            continue
+        if name == b"content-length":
             try:
                 length = int(value)
             except ValueError:
                 length = None
+        elif name == b"etag":
+            etag = value
+        elif name == b"last-modified":
+            modified = value
+        else:
+            no_store = no_store or b"no-store" in value.lower()
     return etag, modified, no_store, length
 
 

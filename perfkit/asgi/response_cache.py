@@ -27,15 +27,17 @@ import fnmatch
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from perfkit.asgi._asgi import (
     BODY,
+    SCOPE_HEADERS,
     SCOPE_ROUTE,
     START,
     ASGIApp,
@@ -44,6 +46,8 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     empty_body,
+    is_conditional,
+    request_headers,
     route_template,
 )
 from perfkit.caching.backends.base import MISSING, Backend, BackendError
@@ -53,6 +57,7 @@ from perfkit.http_rules import (
     RequestConditions,
     StoreReason,
     accept_encoding_key,
+    cache_control_seconds,
     evaluate_preconditions,
     freshness_lifetime,
     make_etag,
@@ -76,12 +81,14 @@ _UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 _DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
                               b"last-modified", b"content-encoding"})
 _LOCK_POLL = 0.025  # seconds between looks for another process's entry
-_PREFIX_REFRESH = 1.0  # seconds a process trusts its copy of the prefix-invalidation log
-_ENTRY_VERSION = 1
-_PREFIX_LOG_MAX = 256
+_LOG_REFRESH = 1.0  # seconds a process trusts its copy of an invalidation log
+_ENTRY_VERSION = 2
+_LOG_MAX = 256
+_MAX_TAG = 256
+_MAX_REFRESHING = 256  # stale entries being refreshed at once, per middleware
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: ``answer`` memoises the hit headers
 class _Entry:
     status: int
     headers: list[tuple[bytes, bytes]]
@@ -91,6 +98,12 @@ class _Entry:
     etag: str | None
     last_modified: float | None
     route: str | None = None
+    stale: float = 0.0  # seconds it may be served stale while one task refreshes it
+    tags: tuple[str, ...] = ()
+    # The hit headers for one (age, remaining ttl) second: a local backend hands out the
+    # same entry object, so consecutive hits reuse them instead of formatting them again.
+    answer: tuple[tuple[int, int, bytes], tuple[tuple[bytes, bytes], ...]] | None = field(
+        default=None, repr=False)
 
     def __sizeof__(self) -> int:
         # MemoryBackend(max_bytes=...) measures entries with sys.getsizeof: count the body.
@@ -100,17 +113,20 @@ class _Entry:
         """JSON-compatible (no pickle needed): bytes as latin-1 text."""
         flat = [x.decode("latin-1") for pair in self.headers for x in pair]
         return [_ENTRY_VERSION, self.status, self.stored_at, self.ttl, flat,
-                self.body.decode("latin-1"), self.etag, self.last_modified, self.route]
+                self.body.decode("latin-1"), self.etag, self.last_modified, self.route,
+                self.stale, list(self.tags)]
 
     @classmethod
     def load(cls, raw: Any) -> _Entry | None:
         try:
-            version, status, stored_at, ttl, flat, body, etag, modified, route = raw
+            (version, status, stored_at, ttl, flat, body, etag, modified, route, stale,
+             tags) = raw
             if version != _ENTRY_VERSION:
                 return None
             enc = [x.encode("latin-1") for x in flat]
             return cls(int(status), list(zip(enc[::2], enc[1::2])), body.encode("latin-1"),
-                       float(stored_at), float(ttl), etag, modified, route)
+                       float(stored_at), float(ttl), etag, modified, route, float(stale),
+                       tuple(str(t) for t in tags))
         except (TypeError, ValueError, AttributeError):
             return None  # an entry from another version, or garbage: a miss
 
@@ -147,7 +163,11 @@ class ResponseCacheMiddleware:
     ``max_body=1 MiB``, ``statuses`` = 200, 203, 204, 300, 301, 308 (add 404/410 to opt in),
     ``max_vary_value=256`` bytes, no principal keying, ``Cache-Status`` on, single flight on,
     ``pass_ttl=5`` s (after a path answers with something not storable, the next requests
-    for that path go straight to the app for this long: "hit-for-pass"; 0 disables).
+    for that path go straight to the app for this long: "hit-for-pass"; 0 disables),
+    ``stale_while_revalidate=0`` s (RFC 5861; a response's own ``stale-while-revalidate``
+    directive wins; ``must-revalidate`` forbids it), ``tag_header="surrogate-key"``
+    (space-separated tags a response carries, for :meth:`invalidate` ``(tags=...)``; at
+    most ``max_tags=32`` of at most 256 characters, else the response is not stored).
     """
 
     def __init__(
@@ -168,6 +188,9 @@ class ResponseCacheMiddleware:
         cache_status: str | None = "perfkit",
         lock_timeout: float = 10.0,
         pass_ttl: float = 5.0,
+        stale_while_revalidate: float = 0.0,
+        tag_header: str | None = "surrogate-key",
+        max_tags: int = 32,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (("max_ttl", max_ttl), ("lock_timeout", lock_timeout)):
@@ -175,6 +198,11 @@ class ResponseCacheMiddleware:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         if pass_ttl < 0:
             raise ValueError(f"pass_ttl must be >= 0 seconds, got {pass_ttl!r}")
+        if stale_while_revalidate < 0:
+            raise ValueError("stale_while_revalidate must be >= 0 seconds, "
+                             f"got {stale_while_revalidate!r}")
+        if max_tags < 1:
+            raise ValueError(f"max_tags must be >= 1, got {max_tags!r}")
         if default_ttl is not None and default_ttl < 0:
             raise ValueError(f"default_ttl must be >= 0 or None, got {default_ttl!r}")
         if max_body < 0 or max_vary_value < 1:
@@ -202,31 +230,54 @@ class ResponseCacheMiddleware:
         self.cache_status = cache_status
         self.lock_timeout = lock_timeout
         self.pass_ttl = pass_ttl
+        self.stale_while_revalidate = stale_while_revalidate
+        self.tag_header = tag_header.lower().encode("latin-1") if tag_header else None
+        self.max_tags = max_tags
         self.clock = clock
         self.stats: dict[str, int] = {}
         """Counters: ``hit``, ``miss``, ``stored``, ``collapsed``, ``bypass:<reason>``,
         ``not-stored:<reason>``, ``invalidated``, ``backend-error``."""
         self._flights: dict[tuple[str, ...], _Flight] = {}
-        self._prefix_memo: tuple[float, list[list[Any]]] = (-1e18, [])
+        # Invalidation logs ("p": path prefixes, "t": tags): (read at, [[name, time], ...]).
+        self._logs: dict[str, tuple[float, list[list[Any]]]] = {
+            "p": (-1e18, []), "t": (-1e18, [])}
+        self._tagged: dict[str, bytes] = {}  # Cache-Status text -> header value
+        self._passes: dict[str, tuple[str, str]] = {}  # reason -> stat, Cache-Status text
+        self._status_name = cache_status.encode() if cache_status is not None else b""
+        self._refresh_failed = False
+        self._refreshing: set[tuple[Any, ...]] = set()  # stale entries being revalidated
+        self._tasks: set[asyncio.Task[None]] = set()
         self._local = backend.is_local  # store _Entry objects as they are, no encoding
         self._backend_down = False
 
     # -- public API ------------------------------------------------------------------------
-    async def invalidate(self, path: str) -> None:
-        """Drop every cached variant of ``path`` (all queries, hosts, headers)."""
-        await self._call(self.backend.adelete((self.namespace, "v", path)))
+    async def invalidate(self, path: str | None = None, *, tags: Iterable[str] = ()) -> None:
+        """Drop every cached variant of ``path`` (all queries, hosts, headers), and every
+        entry whose response carried one of ``tags`` in its ``Surrogate-Key`` header.
+
+        Tag invalidation is logged in the backend, so every process sharing it drops the
+        entries (within a second: each process re-reads the log at most once a second).
+        """
+        names = [tags] if isinstance(tags, str) else list(tags)
+        if path is None and not names:
+            raise TypeError("invalidate() needs a path, tags=[...] or both")
+        if any(not isinstance(t, str) or not t or len(t) > _MAX_TAG for t in names):
+            raise ValueError(f"tags must be non-empty strings of at most {_MAX_TAG} characters")
+        if path is not None:
+            await self._call(self.backend.adelete((self.namespace, "v", path)))
+        if names:
+            await self._append_log("t", names)
         self._count("invalidated")
 
     async def invalidate_prefix(self, prefix: str) -> None:
         """Drop every cached path starting with ``prefix`` (``"/"`` drops everything)."""
-        now = self.clock()
-        log_ = await self._prefix_log(fresh=True)
-        log_ = [p for p in log_ if now - p[1] < self.max_ttl and p[0] != prefix]
-        log_.append([prefix, now])
-        log_ = log_[-_PREFIX_LOG_MAX:]
-        self._prefix_memo = (time.monotonic(), log_)
-        await self._call(self.backend.aset((self.namespace, "p"), log_, self.max_ttl))
+        await self._append_log("p", [prefix])
         self._count("invalidated")
+
+    async def drain(self) -> None:
+        """Wait for the stale-while-revalidate refreshes running now (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # -- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -237,10 +288,9 @@ class ResponseCacheMiddleware:
         if method in _UNSAFE:
             await self._unsafe(scope, receive, send)
             return
-        request = self._request(scope)
-        headers = request.headers
+        headers = request_headers(scope)
         reason = None
-        if method not in ("GET", "HEAD") or (
+        if (method != "GET" and method != "HEAD") or (
             b"authorization" in headers or b"cookie" in headers or b"cache-control" in headers
         ):
             reason = request_bypass_reason(
@@ -251,50 +301,96 @@ class ResponseCacheMiddleware:
                 principal_keyed=self.key_principal is not None,
             )
         if reason is None and self.allowed_hosts is not None and (
-            request.host.partition(":")[0] not in self.allowed_hosts
+            headers.get(b"host", b"").decode("latin-1").lower().partition(":")[0]
+            not in self.allowed_hosts
         ):
             reason = StoreReason.HOST
         if reason is not None:
-            self._count(f"bypass:{reason.value}")
             fwd = "method" if reason is StoreReason.METHOD else "bypass"
-            await self.app(scope, receive, self._tagging(send, f"fwd={fwd}; detail={reason.value}"))
+            await self._pass(scope, receive, send, f"fwd={fwd}; detail={reason.value}",
+                             f"bypass:{reason.value}")
             return
 
-        record = await self._get((self.namespace, "v", request.path))
-        if isinstance(record, dict) and "pass" in record:
+        path: str = scope["path"]
+        record_key = (self.namespace, "v", path)
+        if self._local:
+            try:
+                record = self.backend.get(record_key)
+            except BackendError as exc:
+                record = self._backend_failed(exc)
+        else:
+            record = await self._get(record_key)
+        if record.__class__ is dict and "pass" in record:
             if record.get("until", 0.0) > self.clock():
                 # Hit-for-pass: this path just answered with something not storable.
-                detail = record["pass"]
-                self._count(f"not-stored:{detail}")
-                await self.app(scope, receive,
-                               self._tagging(send, f"fwd=uri-miss; detail={detail}"))
+                await self._hit_for_pass(scope, receive, send, record["pass"])
                 return
             record = None
-        if isinstance(record, dict):
+        request = self._request(scope, headers)
+        if record.__class__ is dict:
             key = self._key(request, record.get("gen", ""), tuple(record.get("vary", ())))
             if key is None:
                 reason = StoreReason.VARY_TOO_LONG
-                self._count(f"bypass:{reason.value}")
-                tagged = self._tagging(send, f"fwd=bypass; detail={reason.value}")
-                await self.app(scope, receive, tagged)
+                await self._pass(scope, receive, send, f"fwd=bypass; detail={reason.value}",
+                                 f"bypass:{reason.value}")
                 return
-            read_at, prefixes = self._prefix_memo
-            if time.monotonic() - read_at >= _PREFIX_REFRESH:
-                prefixes = await self._prefix_log()
-            if prefixes and _invalidated(prefixes, request.path, record.get("created", 0.0)):
-                await self._call(self.backend.adelete((self.namespace, "v", request.path)))
+            read_at, prefixes = self._logs["p"]
+            if time.monotonic() - read_at >= _LOG_REFRESH:
+                prefixes = await self._log("p")
+            if prefixes and _invalidated(prefixes, path, record.get("created", 0.0)):
+                await self._call(self.backend.adelete(record_key))
             else:
-                raw = await self._get(key)
-                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
-                if entry is not None and self.clock() - entry.stored_at < entry.ttl:
-                    self._count("hit")
-                    await self._serve(entry, scope, send, "hit", request)
-                    return
+                if self._local:
+                    try:
+                        raw = self.backend.get(key)
+                    except BackendError as exc:
+                        raw = self._backend_failed(exc)
+                else:
+                    raw = await self._get(key)
+                entry = raw if raw.__class__ is _Entry else _Entry.load(raw)
+                if entry is not None:
+                    age = self.clock() - entry.stored_at
+                    if entry.tags and await self._tag_invalidated(entry):
+                        age = math.inf
+                    if age < entry.ttl + entry.stale:
+                        stats = self.stats
+                        if age < entry.ttl:
+                            stats["hit"] = stats.get("hit", 0) + 1
+                        else:
+                            stats["stale"] = stats.get("stale", 0) + 1
+                            self._revalidate(scope, request, record, key)
+                        start, body = self._answer(entry, scope, None, headers, age)
+                        await send(start)
+                        await send(body)
+                        return
         self._count("miss")
         if method == "HEAD":  # a HEAD never populates the GET entry
-            await self.app(scope, receive, self._tagging(send, "fwd=miss"))
+            await self._pass(scope, receive, send, "fwd=miss", None)
             return
         await self._miss(scope, receive, send, request, record)
+
+    def _pass(self, scope: Scope, receive: Receive, send: Send, text: str,
+              stat: str | None) -> Awaitable[None]:
+        """Run the app untouched but for the Cache-Status header; count ``stat``."""
+        if stat is not None:
+            self._count(stat)
+        if self.cache_status is None:
+            return self.app(scope, receive, send)
+        value = self._tagged.get(text)
+        if value is None:
+            value = f"{self.cache_status}; {text}".encode()
+            if len(self._tagged) < 256:  # a few dozen reason texts exist: bounded anyway
+                self._tagged[text] = value
+        return self.app(scope, receive, _Tagger(send, value).send)
+
+    def _hit_for_pass(self, scope: Scope, receive: Receive, send: Send,
+                      detail: str) -> Awaitable[None]:
+        known = self._passes.get(detail)
+        if known is None:
+            known = (f"not-stored:{detail}", f"fwd=uri-miss; detail={detail}")
+            if len(self._passes) < 256:  # details come from a small enum: bounded anyway
+                self._passes[detail] = known
+        return self._pass(scope, receive, send, known[1], known[0])
 
     # -- miss: single flight, store ---------------------------------------------------------
     async def _miss(self, scope: Scope, receive: Receive, send: Send, request: _Request,
@@ -317,7 +413,7 @@ class ResponseCacheMiddleware:
                 if flight.entry is not None and flight.key == self._key(request, "", flight.vary):
                     self._count("collapsed")
                     await self._serve(flight.entry, scope, send, "fwd=uri-miss; collapsed",
-                                      request)
+                                      request.headers)
                     return
             # The leader's response was not shareable (or differs for us): run our own.
             await self._forward(scope, receive, send, request, record, None)
@@ -333,7 +429,8 @@ class ResponseCacheMiddleware:
                     flight.key = self._key(request, "", found[1])
                     flight.done.set()
                     self._count("collapsed")
-                    await self._serve(found[0], scope, send, "fwd=uri-miss; collapsed", request)
+                    await self._serve(found[0], scope, send, "fwd=uri-miss; collapsed",
+                                      request.headers)
                     return
             await self._forward(scope, receive, send, request, record, flight)
         except BaseException as exc:
@@ -373,18 +470,41 @@ class ResponseCacheMiddleware:
                 self._backend_failed(exc)
                 return None, None
             if token is not None:
+                # Double-check under the lock: the previous holder may have stored the
+                # entry between our last look and our acquisition.
+                found = await self._stored_entry(request)
+                if found is not None:
+                    try:
+                        await self.backend.arelease_lock(key, token)
+                    except BackendError:
+                        pass  # the lease expires by itself
+                    return None, found
                 return (key, token), None
             if time.monotonic() >= deadline:
                 return None, None
             await asyncio.sleep(_LOCK_POLL)
-            record = await self._get((self.namespace, "v", request.path))
-            if isinstance(record, dict) and "gen" in record:
-                vary = tuple(record.get("vary", ()))
-                entry_key = self._key(request, record["gen"], vary)
-                raw = await self._get(entry_key) if entry_key is not None else MISSING
-                entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
-                if entry is not None and self.clock() - entry.stored_at < entry.ttl:
-                    return None, (entry, vary)
+            found = await self._stored_entry(request)
+            if found is not None:
+                return None, found
+
+    async def _stored_entry(
+        self, request: _Request
+    ) -> tuple[_Entry, tuple[str, ...]] | None:
+        """The fresh stored entry for this request, if another worker has stored one."""
+        record = await self._get((self.namespace, "v", request.path))
+        if isinstance(record, dict) and "gen" in record:
+            prefixes = await self._log("p")
+            if prefixes and _invalidated(prefixes, request.path, record.get("created", 0.0)):
+                return None
+            vary = tuple(record.get("vary", ()))
+            entry_key = self._key(request, record["gen"], vary)
+            raw = await self._get(entry_key) if entry_key is not None else MISSING
+            entry = raw if isinstance(raw, _Entry) else _Entry.load(raw)
+            if entry is not None and self.clock() - entry.stored_at < entry.ttl and not (
+                entry.tags and await self._tag_invalidated(entry)
+            ):
+                return entry, vary
+        return None
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request: _Request,
                        record: Any, flight: _Flight | None) -> None:
@@ -437,7 +557,7 @@ class ResponseCacheMiddleware:
             name = key.lower()
             if name == b"set-cookie":
                 has_set_cookie = True
-            elif name in _DECISION_FIELDS:
+            elif name in _DECISION_FIELDS or name == self.tag_header:
                 text = value.decode("latin-1")
                 found[name] = f"{found[name]}, {text}" if name in found else text
         cc = parse_cache_control(found.get(b"cache-control"))
@@ -462,6 +582,16 @@ class ResponseCacheMiddleware:
             vary.append("accept-encoding")  # an encoded body only for clients that accept it
         if reason is None and vary and self._key(request, "", tuple(vary)) is None:
             reason = StoreReason.VARY_TOO_LONG
+        tags: tuple[str, ...] = ()
+        if reason is None and self.tag_header is not None and self.tag_header in found:
+            tags = tuple(dict.fromkeys(found[self.tag_header].replace(",", " ").split()))
+            if len(tags) > self.max_tags or any(len(t) > _MAX_TAG for t in tags):
+                reason = StoreReason.TOO_MANY_TAGS  # a dropped tag could never invalidate
+        stale = 0.0
+        if reason is None and "must-revalidate" not in cc and "proxy-revalidate" not in cc:
+            swr = cache_control_seconds(cc, "stale-while-revalidate")
+            stale = min(float(swr) if swr is not None else self.stale_while_revalidate,
+                        self.max_ttl)
         if reason is not None:
             self._count(f"not-stored:{reason.value}")
             if self.pass_ttl and not isinstance(record, dict):
@@ -478,51 +608,127 @@ class ResponseCacheMiddleware:
             start["headers"] = headers
         stored_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
         entry = _Entry(status, stored_headers, body, now, ttl, etag,
-                       parse_http_date(found.get(b"last-modified")), route)
+                       parse_http_date(found.get(b"last-modified")), route, stale, tags)
         gen = record.get("gen") if isinstance(record, dict) else None
         if gen is None or tuple(record.get("vary", ())) != tuple(vary):
             gen = gen or secrets.token_hex(8)
             ok = await self._call(self.backend.aset(
                 (self.namespace, "v", request.path),
-                {"vary": list(vary), "gen": gen, "created": now}, self.max_ttl))
+                # A tuple in a local backend (no copy per hit); a list for JSON backends.
+                {"vary": tuple(vary) if self._local else list(vary), "gen": gen,
+                 "created": now}, self.max_ttl))
             if not ok:
                 return "detail=backend-error", None, ()
         entry_key = self._key(request, gen, tuple(vary))
         assert entry_key is not None
         stored: Any = entry if self._local else entry.dump()
-        if not await self._call(self.backend.aset(entry_key, stored, ttl)):
+        if not await self._call(self.backend.aset(entry_key, stored, ttl + stale)):
             return "detail=backend-error", None, ()
         self._count("stored")
         return f"stored; ttl={int(ttl)}", entry, tuple(vary)
 
     # -- hits ----------------------------------------------------------------------------
-    async def _serve(self, entry: _Entry, scope: Scope, send: Send, status_text: str,
-                     request: _Request) -> None:
+    def _answer(self, entry: _Entry, scope: Scope, text: str | None,
+                headers: dict[bytes, bytes], age: float) -> tuple[Message, Message]:
+        """The start and body messages that answer from ``entry``.
+
+        ``text`` None means a hit (fresh, or stale by ``age``); else the Cache-Status text.
+        """
         if entry.route is not None:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
-        elapsed = self.clock() - entry.stored_at
-        age = int(elapsed) if elapsed > 0 else 0
-        headers = [*entry.headers, (b"age", b"%d" % age)]
-        if self.cache_status is not None:
-            if status_text == "hit":
-                remaining = int(entry.ttl - elapsed) if entry.ttl > elapsed else 0
-                status_text = f"hit; ttl={remaining}"
-            headers.append((b"cache-status", f"{self.cache_status}; {status_text}".encode()))
+        if text is None:
+            # Keyed by this middleware's status name too: two may share one backend.
+            second = (int(age), int(entry.ttl - age), self._status_name)
+            memo = entry.answer
+            if memo is not None and memo[0] == second:
+                out = list(memo[1])  # a copy: an outer layer may edit the list in place
+            else:
+                out = self._hit_headers(entry, age)
+                entry.answer = (second, tuple(out))
+        else:
+            out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
+            if self.cache_status is not None:
+                out.append((b"cache-status", f"{self.cache_status}; {text}".encode()))
         method = scope["method"]
-        h = request.headers
-        if 200 <= entry.status < 300 and (
-            b"if-none-match" in h or b"if-modified-since" in h or b"if-match" in h
-            or b"if-unmodified-since" in h
-        ):
+        if 200 <= entry.status < 300 and is_conditional(headers):
             conditions = RequestConditions.from_asgi(scope["headers"])
             outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
             if outcome is Precondition.NOT_MODIFIED:
-                await send({"type": START, "status": 304, "headers": not_modified_headers(headers)})
-                await send(empty_body())
-                return
-        await send({"type": START, "status": entry.status, "headers": headers})
-        await send({"type": BODY, "body": b"" if method == "HEAD" else entry.body,
-                    "more_body": False})
+                return ({"type": START, "status": 304, "headers": not_modified_headers(out)},
+                        empty_body())
+        return ({"type": START, "status": entry.status, "headers": out},
+                {"type": BODY, "body": b"" if method == "HEAD" else entry.body,
+                 "more_body": False})
+
+    def _hit_headers(self, entry: _Entry, age: float) -> list[tuple[bytes, bytes]]:
+        out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
+        if self.cache_status is not None:
+            if age < entry.ttl:
+                out.append((b"cache-status", b"%s; hit; ttl=%d" % (self._status_name,
+                                                                  entry.ttl - age)))
+            else:
+                out.append((b"cache-status", b"%s; hit; ttl=%d; detail=stale" % (
+                    self._status_name, math.floor(entry.ttl - age))))
+        return out
+
+    async def _serve(self, entry: _Entry, scope: Scope, send: Send, text: str,
+                     headers: dict[bytes, bytes]) -> None:
+        start, body = self._answer(entry, scope, text, headers, self.clock() - entry.stored_at)
+        await send(start)
+        await send(body)
+
+    # -- stale-while-revalidate (RFC 5861) ---------------------------------------------------
+    def _revalidate(self, scope: Scope, request: _Request, record: Any,
+                    key: tuple[Any, ...]) -> None:
+        """Refresh a stale entry in a background task, one per entry at a time."""
+        if key in self._refreshing or len(self._refreshing) >= _MAX_REFRESHING:
+            return
+        self._refreshing.add(key)
+        fresh_scope = dict(scope)
+        fresh_scope["method"] = "GET"  # a stale HEAD refreshes the GET entry it was served
+        # Unconditional, so the inner layers answer 200 with a body, never 304.
+        fresh_scope["headers"] = [(k, v) for k, v in scope["headers"]
+                                  if not k.lower().startswith(b"if-") and k.lower() != b"range"]
+        fresh_scope.pop(SCOPE_HEADERS, None)
+        fresh_scope.pop(SCOPE_ROUTE, None)
+        task = asyncio.get_running_loop().create_task(
+            self._refresh(fresh_scope, request, record, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, scope: Scope, request: _Request, record: Any,
+                       key: tuple[Any, ...]) -> None:
+        messages: list[Message] = []
+        asked = False
+
+        async def receive() -> Message:
+            nonlocal asked
+            if asked:
+                return {"type": "http.disconnect"}
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def capture(message: Message) -> None:
+            messages.append(message)
+
+        try:
+            await self.app(scope, receive, capture)
+            start = next((m for m in messages if m["type"] == START), None)
+            body = next((m for m in messages if m["type"] == BODY), None)
+            entry = None
+            if start is not None and body is not None:
+                _, entry, _ = await self._decide(request, record, start, body,
+                                                 route_template(scope))
+            if entry is None:  # no longer storable: stop serving the stale copy
+                await self._call(self.backend.adelete(key))
+            self._count("revalidated" if entry is not None else "revalidated:not-stored")
+        except Exception as exc:  # the stale copy stays until its window ends
+            self._count("revalidate-error")
+            if not self._refresh_failed:
+                self._refresh_failed = True
+                log.warning("stale-while-revalidate refresh failed (logged once): %r", exc)
+        finally:
+            self._refreshing.discard(key)
 
     # -- unsafe methods invalidate (RFC 9111 §4.4) ------------------------------------------
     async def _unsafe(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -544,11 +750,7 @@ class ResponseCacheMiddleware:
         await self.app(scope, receive, invalidating)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _request(self, scope: Scope) -> _Request:
-        headers: dict[bytes, bytes] = {}
-        for key, value in scope["headers"]:
-            name = key.lower()
-            headers[name] = headers[name] + b", " + value if name in headers else value
+    def _request(self, scope: Scope, headers: dict[bytes, bytes]) -> _Request:
         query = scope.get("query_string", b"").decode("latin-1")
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
@@ -600,37 +802,43 @@ class ResponseCacheMiddleware:
         name = hashlib.sha256(repr(flight_key).encode(), usedforsecurity=False).hexdigest()
         return (self.namespace, "lock", name)
 
-    def _tagging(self, send: Send, text: str) -> Send:
-        if self.cache_status is None:
-            return send
-        value = f"{self.cache_status}; {text}".encode()
-
-        async def tag(message: Message) -> None:
-            if message["type"] == START:
-                message["headers"] = [*message.get("headers", ()), (b"cache-status", value)]
-            await send(message)
-
-        return tag
-
     async def _finish(self, send: Send, start: Message, text: str) -> None:
         if self.cache_status is not None:
             start["headers"] = [*start.get("headers", ()),
                                 (b"cache-status", f"{self.cache_status}; {text}".encode())]
         await send(start)
 
-    async def _prefix_log(self, fresh: bool = False) -> list[list[Any]]:
-        """The prefix-invalidation log, re-read from the backend at most once a second."""
+    async def _log(self, kind: str, fresh: bool = False) -> list[list[Any]]:
+        """An invalidation log (``"p"`` prefixes, ``"t"`` tags), re-read at most once a second."""
         now = time.monotonic()
-        read_at, log_ = self._prefix_memo
-        if fresh or now - read_at >= _PREFIX_REFRESH:
-            value = await self._get((self.namespace, "p"))
+        read_at, log_ = self._logs[kind]
+        if fresh or now - read_at >= _LOG_REFRESH:
+            value = await self._get((self.namespace, kind))
             log_ = value if isinstance(value, list) else []
-            self._prefix_memo = (now, log_)
+            self._logs[kind] = (now, log_)
         return log_
+
+    async def _append_log(self, kind: str, names: list[str]) -> None:
+        now = self.clock()
+        kept = [p for p in await self._log(kind, fresh=True)
+                if now - p[1] < 2 * self.max_ttl and p[0] not in names]
+        kept.extend([name, now] for name in names)
+        if len(kept) > _LOG_MAX:
+            # The oldest records leave as one floor record "": everything made before the
+            # last of them counts as dropped (over-invalidating is safe; forgetting is not).
+            cut = len(kept) - _LOG_MAX + 1
+            kept = [["", max(p[1] for p in kept[:cut])], *kept[cut:]]
+        self._logs[kind] = (time.monotonic(), kept)
+        await self._call(self.backend.aset((self.namespace, kind), kept, 2 * self.max_ttl))
+
+    async def _tag_invalidated(self, entry: _Entry) -> bool:
+        read_at, log_ = self._logs["t"]
+        if time.monotonic() - read_at >= _LOG_REFRESH:
+            log_ = await self._log("t")
+        return bool(log_) and _invalidated(log_, None, entry.stored_at, entry.tags)
 
     async def _get(self, key: tuple[str, ...]) -> Any:
         try:
-            # A local backend never blocks: skip the coroutine (the hit path's largest cost).
             value = self.backend.get(key) if self._local else await self.backend.aget(key)
         except BackendError as exc:
             self._backend_failed(exc)
@@ -649,11 +857,13 @@ class ResponseCacheMiddleware:
         self._backend_ok()
         return True
 
-    def _backend_failed(self, exc: BaseException) -> None:
+    def _backend_failed(self, exc: BaseException) -> Any:
+        """Count and log (once per outage) a backend failure; MISSING, for a failed read."""
         self._count("backend-error")
         if not self._backend_down:
             self._backend_down = True
             log.warning("response cache backend failed, serving uncached: %r", exc)
+        return MISSING
 
     def _backend_ok(self) -> None:
         if self._backend_down:
@@ -664,9 +874,31 @@ class ResponseCacheMiddleware:
         self.stats[name] = self.stats.get(name, 0) + 1
 
 
-def _invalidated(prefixes: list[list[Any]], path: str, created: float) -> bool:
-    """Was the vary record (made at ``created``) dropped by a later prefix invalidation?"""
-    return any(created <= when and path.startswith(prefix) for prefix, when in prefixes)
+def _invalidated(log_: list[list[Any]], path: str | None, created: float,
+                 tags: tuple[str, ...] = ()) -> bool:
+    """Was something made at ``created`` (for ``path``, or carrying ``tags``) dropped by a
+    later record of an invalidation log? The floor record ``""`` drops everything older."""
+    for name, when in log_:
+        if created <= when and (
+            not name or name in tags or (path is not None and path.startswith(name))
+        ):
+            return True
+    return False
+
+
+class _Tagger:
+    """Adds the Cache-Status header to the start; ``send`` returns the next awaitable."""
+
+    __slots__ = ("out", "value")
+
+    def __init__(self, send: Send, value: bytes) -> None:
+        self.out = send
+        self.value = value
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if message["type"] == START:
+            message["headers"] = [*message.get("headers", ()), (b"cache-status", self.value)]
+        return self.out(message)
 
 
 def _text(value: bytes | None) -> str | None:

@@ -19,10 +19,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from perfkit.asgi._asgi import START, ASGIApp, Message, Receive, Scope, Send, route_template
+from perfkit.asgi._asgi import (
+    BODY,
+    START,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    route_template,
+)
 from perfkit.metrics import CONTENT_TYPE, REGISTRY, Registry
 from perfkit.spans import collect, format_server_timing, stop
 
@@ -77,82 +86,108 @@ class TimingMiddleware:
             labels, max_series=max_series) if ttfb else None
         self.in_progress = registry.gauge(
             "http_requests_in_progress", "Requests being served now")
+        in_progress = self.in_progress.unlabelled()
+        self._started = in_progress.inc_one  # lock-free: one C call each per request
+        self._ended = in_progress.dec_one
         self.max_series = max_series
-        # labels -> the three series: one dict lookup per request instead of three.
-        self._series: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
+        # (method, route, status) -> bound recorders: one dict lookup per request.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exclude_paths:
             await self.app(scope, receive, send)
             return
-        clock = self.clock
-        began = clock()
-        status = 500
-        ttfb: float | None = None
-        finished: float | None = None
-        disconnected = False
         gate = self.server_timing
-        spans, token = collect() if gate is True or (callable(gate) and gate(scope)) else (
-            None, None)
-        response_time = self.response_time_header
-
-        async def timed_receive() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect" and finished is None:
-                disconnected = True
-            return message
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status, ttfb, finished
-            kind = message["type"]
-            if kind == START:
-                ttfb = clock() - began
-                status = message["status"]
-                if response_time or spans is not None:
-                    headers = list(message.get("headers", ()))
-                    if response_time:
-                        headers.append((b"x-response-time", f"{ttfb * 1000:.3f}ms".encode()))
-                    if spans is not None:
-                        _append_server_timing(headers, [("app", ttfb, None), *spans])
-                    message["headers"] = headers
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                finished = clock()
-            await send(message)
-
-        self.in_progress.inc()
+        timer = _Timer(self.clock, send, receive, self.response_time_header)
+        token = None
+        if gate is not False and (gate is True or (callable(gate) and gate(scope))):
+            timer.spans, token = collect()
+        self._started()
         try:
-            await self.app(scope, timed_receive, timed_send)
+            await self.app(scope, timer.receive, timer.send)
         except BaseException:
-            if finished is None:
-                status = 499 if disconnected else 500
+            if timer.finished is None:
+                timer.status = 499 if timer.disconnected else 500
             raise
         finally:
-            self.in_progress.dec()
+            self._ended()
             if token is not None:
                 stop(token)
-            if finished is None and disconnected:
-                status = 499
-            end = finished if finished is not None else clock()
-            self._record(scope, status, end - began, ttfb)
+            finished = timer.finished
+            if finished is None:
+                if timer.disconnected:
+                    timer.status = 499
+                finished = self.clock()
+            self._record(scope, timer.status, finished - timer.began, timer.ttfb)
 
     def _record(self, scope: Scope, status: int, duration: float, ttfb: float | None) -> None:
-        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        method: str = scope["method"]
         route = route_template(scope) or UNMATCHED
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        series[0]()
+        series[1](duration)
+        if ttfb is not None and series[2] is not None:
+            series[2](ttfb)
+
+    def _new_series(self, key: tuple[str, str, int]) -> tuple[Any, Any, Any]:
+        method, route, status = key
         status_class = "499" if status == 499 else _STATUS_CLASS.get(status // 100, "other")
-        labels: tuple[str, ...] = (method, route, status_class)
+        labels: tuple[str, ...] = (method if method in _METHODS else "OTHER", route,
+                                   status_class)
         if self.worker is not None:
             labels += (self.worker,)
-        series = self._series.get(labels)
-        if series is None:
-            series = (self.requests.labels(*labels), self.duration.labels(*labels),
-                      self.ttfb.labels(*labels) if self.ttfb is not None else None)
-            if len(self._series) < self.max_series:  # past the cap, the registry folds
-                self._series[labels] = series
-        series[0].inc()
-        series[1].observe(duration)
-        if ttfb is not None and series[2] is not None:
-            series[2].observe(ttfb)
+        series = (self.requests.labels(*labels).inc_one, self.duration.labels(*labels).observe,
+                  self.ttfb.labels(*labels).observe if self.ttfb is not None else None)
+        if len(self._series) < self.max_series:  # past the cap, the registry folds
+            self._series[key] = series
+        return series
+
+
+class _Timer:
+    """One request's timestamps and status; ``send`` returns the next layer's awaitable."""
+
+    __slots__ = ("began", "clock", "disconnected", "finished", "header", "out", "spans",
+                 "status", "ttfb", "upstream")
+
+    def __init__(self, clock: Callable[[], float], send: Send, receive: Receive,
+                 header: bool) -> None:
+        self.clock = clock
+        self.out = send
+        self.upstream = receive
+        self.header = header
+        self.spans: Any = None
+        self.status = 500
+        self.ttfb: float | None = None
+        self.finished: float | None = None
+        self.disconnected = False
+        self.began = clock()
+
+    async def receive(self) -> Message:
+        message = await self.upstream()
+        if message["type"] == "http.disconnect" and self.finished is None:
+            self.disconnected = True
+        return message
+
+    def send(self, message: Message) -> Awaitable[None]:
+        kind = message["type"]
+        if kind == START:
+            self.ttfb = ttfb = self.clock() - self.began
+            self.status = message["status"]
+            if self.spans is not None:
+                headers = list(message.get("headers", ()))
+                if self.header:
+                    headers.append((b"x-response-time", b"%.3fms" % (ttfb * 1000)))
+                _append_server_timing(headers, [("app", ttfb, None), *self.spans])
+                message["headers"] = headers
+            elif self.header:
+                message["headers"] = [*message.get("headers", ()),
+                                      (b"x-response-time", b"%.3fms" % (ttfb * 1000))]
+        elif kind == BODY and not message.get("more_body", False):
+            self.finished = self.clock()
+        return self.out(message)
 
 
 def _append_server_timing(headers: list[tuple[bytes, bytes]], spans: Any) -> None:

@@ -520,6 +520,13 @@ class _Core:
                 return value
             token = self._acquire(key)
         try:
+            if token not in (None, _DEGRADED):
+                # Double-check under the lock: the previous holder may have stored the
+                # value between our last read and our acquisition.
+                value = self.read(key)
+                if value is not MISSING:
+                    self.stats.joins += 1
+                    return value
             return self._compute(key, args, kwargs)
         finally:
             self._release(key, token)
@@ -585,6 +592,11 @@ class _Core:
                 return value
             token = await self._aacquire(key)
         try:
+            if token not in (None, _DEGRADED):  # double-check under the lock (see _lead)
+                value = await self.aread(key)
+                if value is not MISSING:
+                    self.stats.joins += 1
+                    return value
             return await self._acompute(key, args, kwargs)
         finally:
             await self._arelease(key, token)

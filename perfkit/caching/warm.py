@@ -3,7 +3,9 @@
 ``fn.cache_warm(arg_sets, concurrency=8)`` calls the cached function for every argument
 set that has no entry yet, with at most ``concurrency`` calls at once (threads for a sync
 function, tasks for an async one), and returns a :class:`WarmReport`. A failing call is
-recorded in the report, never raised, so one bad argument set does not stop the rest.
+recorded in the report, never raised, so one bad argument set (a failing call, or a mapping
+that is not keywords) does not stop the rest; only an iterable that itself raises stops the
+warm-up, and its error is raised once.
 Calls go through the cache's single flight, so warming while traffic arrives never
 computes a key twice. Each computation counts as a miss in ``cache_stats()``.
 
@@ -95,8 +97,10 @@ def warm(
     start = time.perf_counter()
 
     def worker() -> None:
-        for args in items:
+        for item in items:
+            args = _raw_args(item)
             try:
+                args = as_args(item)
                 if is_cached(args):
                     outcome = "already_cached"
                 else:
@@ -118,6 +122,7 @@ def warm(
     worker()  # the caller's thread works too
     for thread in threads:
         thread.join()
+    items.raise_source_error()
     report.seconds = time.perf_counter() - start
     return report
 
@@ -135,8 +140,10 @@ async def awarm(
     start = time.perf_counter()
 
     async def worker() -> None:
-        for args in items:
+        for item in items:
+            args = _raw_args(item)
             try:
+                args = as_args(item)
                 if await is_cached(args):
                     report.already_cached += 1
                     continue
@@ -146,12 +153,22 @@ async def awarm(
                 report._fail(args, exc)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    items.raise_source_error()
     report.seconds = time.perf_counter() - start
     return report
 
 
+def _raw_args(item: Any) -> Args:
+    """How a failure names an argument set that could not even be turned into ``Args``."""
+    return item if isinstance(item, Args) else Args(item)
+
+
 class _Feed:
-    """The argument sets, handed out one at a time to several workers (thread-safe)."""
+    """The argument sets, handed out one at a time to several workers (thread-safe).
+
+    If the iterable itself raises, every worker stops and the warm-up re-raises that error
+    once, from the caller's thread: it is not one argument set's failure.
+    """
 
     def __init__(self, arg_sets: Iterable[Any], report: WarmReport) -> None:
         if isinstance(arg_sets, (str, bytes)) or not isinstance(arg_sets, Iterable):
@@ -161,12 +178,25 @@ class _Feed:
         self._it = iter(arg_sets)
         self._lock = threading.Lock()
         self._report = report
+        self._error: Exception | None = None
 
-    def __iter__(self) -> Iterator[Args]:
+    def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> Args:
+    def __next__(self) -> Any:
         with self._lock:
-            item = next(self._it)
+            if self._error is not None:
+                raise StopIteration
+            try:
+                item = next(self._it)
+            except StopIteration:
+                raise
+            except Exception as exc:
+                self._error = exc
+                raise StopIteration from None
             self._report.requested += 1
-        return as_args(item)
+        return item
+
+    def raise_source_error(self) -> None:
+        if self._error is not None:
+            raise self._error

@@ -1,8 +1,14 @@
-"""SQL query tracking for SQLAlchemy: statement time, call site, shape, N+1 and full scans."""
+"""SQL query tracking for SQLAlchemy: statement time, call site, shape, N+1 and full scans.
+
+``QueryTracker`` is for tests; ``monitor(engine)`` keeps the same facts in a running service.
+"""
 
 from __future__ import annotations
 
 from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan
+from perfkit.sql.monitoring import MonitoredShape, SQLMonitor, monitor
+from perfkit.sql.pool import PoolMonitor
+from perfkit.sql.scope import ScopeStats, SQLScopes, current_scope
 from perfkit.sql.shapes import normalize
 from perfkit.sql.tracker import (
     Finding,
@@ -17,13 +23,20 @@ from perfkit.sql.tracker import (
 __all__ = [
     "Finding",
     "LazyLoad",
+    "MonitoredShape",
     "PlanCheck",
+    "PoolMonitor",
     "QueryTracker",
+    "SQLMonitor",
+    "SQLScopes",
     "ScanFinding",
+    "ScopeStats",
     "ShapeSummary",
     "Statement",
     "check_plan",
+    "current_scope",
     "listeners_installed",
+    "monitor",
     "normalize",
     "uninstall_listeners",
 ]

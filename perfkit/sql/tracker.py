@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -177,6 +178,15 @@ def _shape_of(text: str) -> str:
     return shape
 
 
+_PENDING_LAZY: ContextVar[LazyLoad | None] = ContextVar("perfkit_pending_lazy_load",
+                                                       default=None)
+"""The lazy load whose statement is about to run, in this context. A context variable, not
+a thread-local: on an ``AsyncEngine`` many requests share the event loop's thread and
+interleave between ``do_orm_execute`` and the cursor events (SQLAlchemy runs each in a
+greenlet carrying its task's context), so a thread-local hands one request's label to
+another's statement."""
+
+
 class _Dispatcher:
     """The one set of SQLAlchemy listeners, shared by every tracker in the process."""
 
@@ -184,7 +194,6 @@ class _Dispatcher:
         self.active: tuple[QueryTracker, ...] = ()
         self.installed = False
         self.lock = threading.Lock()
-        self.local = threading.local()
 
     def install(self) -> None:
         with self.lock:
@@ -231,21 +240,21 @@ class _Dispatcher:
         try:
             parent = state.lazy_loaded_from
             if parent is None and not state.is_column_load:
-                self.local.lazy = None
+                _PENDING_LAZY.set(None)
                 return
             if state.is_column_load:
                 mapper = state.bind_mapper if hasattr(state, "bind_mapper") else None
                 name = getattr(getattr(mapper, "class_", None), "__name__", "?")
                 identity = state.load_options._refresh_identity_token or id(state)
-                self.local.lazy = LazyLoad(f"{name}.<columns>", repr(identity), "COLUMN")
+                _PENDING_LAZY.set(LazyLoad(f"{name}.<columns>", repr(identity), "COLUMN"))
                 return
             prop = state.loader_strategy_path.prop
             relationship = f"{prop.parent.class_.__name__}.{prop.key}"
-            self.local.lazy = LazyLoad(
+            _PENDING_LAZY.set(LazyLoad(
                 relationship, repr(parent.identity_key or id(parent)), prop.direction.name
-            )
+            ))
         except Exception as exc:
-            self.local.lazy = None
+            _PENDING_LAZY.set(None)
             self.note(f"do_orm_execute listener: {exc!r}")
 
     def before(self, conn: Any, cursor: Any, statement: str, parameters: Any,
@@ -264,8 +273,9 @@ class _Dispatcher:
             return
         try:
             started = getattr(context, "_perfkit_started", finished)
-            lazy = getattr(self.local, "lazy", None)
-            self.local.lazy = None
+            lazy = _PENDING_LAZY.get()
+            if lazy is not None:
+                _PENDING_LAZY.set(None)
             for tracker in self.active:
                 tracker._record(conn, cursor, statement, parameters, executemany,
                                 finished - started, lazy)

@@ -8,9 +8,9 @@ The control law, evaluated once per window (at least ``interval`` seconds and
    capacity drops by ``shrink_factor`` (never below ``min_entries``) and the LRU tail is
    evicted at once.
 2. **Capacity misses grow, given headroom.** A *ghost list* remembers the keys evicted
-   recently (their hashes, not their values: up to ``min(max_entries, 4 * capacity)``
-   ints, ~100 bytes each, outside the byte budget). A write of a key on that list is a miss a
-   larger cache would have served. If such misses reach ``grow_threshold`` of the
+   recently (their hashes, not their values: up to 4 per entry held, at most
+   ``max_entries``; ~100 bytes each, outside the byte budget). A write of a key on that
+   list is a miss a larger cache would have served. If such misses reach ``grow_threshold`` of the
    window's accesses, the probe reads below ``memory_low`` and the entries still fit the
    byte budget with room to spare, capacity grows by ``grow_factor`` (never above
    ``max_entries``). Compulsory misses (keys never seen) and scans do not grow it.
@@ -191,7 +191,10 @@ class AdaptiveMemoryBackend(MemoryBackend):
             self._window_evictions += len(victims)
             for key, _ in victims:
                 ghosts[hash(key)] = None
-            bound = min(self.max_entries, _GHOSTS_PER_ENTRY * self.capacity)
+            # Proportional to the entries actually held: under a tight byte budget a large
+            # capacity is never filled, and the ghosts live outside the budget.
+            held = max(len(self._data), self.min_entries)
+            bound = min(self.max_entries, _GHOSTS_PER_ENTRY * min(self.capacity, held))
             while len(ghosts) > bound:
                 ghosts.popitem(last=False)
         super()._evicted(victims)

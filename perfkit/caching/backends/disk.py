@@ -102,27 +102,106 @@ class DiskBackend(Backend):
         self.rejected = 0
         self._evictions = 0
         self._local = threading.local()
+        self._file = self.path / "cache.sqlite3"
+        self._open_lock = threading.Lock()
+        self._generation = 0  # bumped when the directory was replaced: threads reconnect
+        self._identity: tuple[int, int] | None = None
+        self._secret = b""
+        self._secret_identity: tuple[int, int] | None = None
+        self._open()
+
+    # -- the directory: created on first use, followed if it is deleted or replaced --------
+    def _open(self) -> None:
+        """Create (or adopt) the directory, its secret and its schema; remember the database
+        file's identity so a replaced directory is noticed. PermissionError (an unsafe
+        secret) propagates: the constructor refuses to start on it."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._secret = _load_secret(self.path / "secret.key")
+        self._load_secret()
+        db = self._connect()
         try:
-            self._db().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
-        except sqlite3.Error as exc:
+            db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+            info = os.stat(self._file)
+        except (sqlite3.Error, OSError) as exc:
+            db.close()
             raise BackendError(f"disk cache at {self.path}: {exc}") from exc
+        self._identity = (info.st_dev, info.st_ino)
+        self._generation += 1
+        self._local.db, self._local.pid, self._local.generation = (
+            db, os.getpid(), self._generation)
+
+    def _load_secret(self) -> None:
+        secret_path = self.path / "secret.key"
+        self._secret = _load_secret(secret_path)
+        info = secret_path.stat()
+        self._secret_identity = (info.st_dev, info.st_ino)
+
+    def _secret_replaced(self) -> bool:
+        """After a signature failed: was ``secret.key`` replaced (then reload it)?"""
+        try:
+            info = (self.path / "secret.key").stat()
+        except OSError:
+            return False
+        if (info.st_dev, info.st_ino) == self._secret_identity:
+            return False
+        with self._open_lock:
+            try:
+                self._load_secret()
+            except (OSError, PermissionError):
+                return False
+        return True
+
+    def _follow(self) -> None:
+        """Reopen if the database file is gone or is another file than the one we opened
+        (a cleaner deleted the directory; another process recreated it)."""
+        try:
+            info = os.stat(self._file)
+            current: tuple[int, int] | None = (info.st_dev, info.st_ino)
+        except FileNotFoundError:
+            current = None
+        except OSError as exc:
+            raise BackendError(f"disk cache at {self.path}: {exc}") from exc
+        if current == self._identity:
+            return
+        with self._open_lock:
+            try:
+                info = os.stat(self._file)
+                if (info.st_dev, info.st_ino) == self._identity:
+                    return  # another thread reopened it meanwhile
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise BackendError(f"disk cache at {self.path}: {exc}") from exc
+            old = getattr(self._local, "db", None)
+            if old is not None:
+                old.close()
+                self._local.db = None
+            try:
+                self._open()
+            except PermissionError as exc:
+                raise BackendError(f"disk cache at {self.path}: {exc}") from exc
 
     # -- connections and transactions ---------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self._file, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=True,
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise BackendError(f"disk cache at {self.path}: {exc}") from exc
+        return db
+
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():  # never reuse one across fork
-            try:
-                db = sqlite3.connect(
-                    self.path / "cache.sqlite3", timeout=self.busy_timeout,
-                    isolation_level=None, check_same_thread=True,
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.Error as exc:
-                raise BackendError(f"disk cache at {self.path}: {exc}") from exc
-            self._local.db, self._local.pid = db, os.getpid()
+        self._follow()  # one stat(): a few µs against the tens a transaction costs
+        local = self._local
+        db: sqlite3.Connection | None = getattr(local, "db", None)
+        if db is None or local.pid != os.getpid() or local.generation != self._generation:
+            if db is not None and local.pid == os.getpid():
+                db.close()  # opened on a file that was replaced
+            db = self._connect()  # never reuse a connection across fork
+            local.db, local.pid, local.generation = db, os.getpid(), self._generation
         return db
 
     def _tx(self, write: bool = True) -> _Transaction:
@@ -141,7 +220,10 @@ class DiskBackend(Backend):
 
     def _loads(self, skey: str, blob: bytes) -> Any:
         signature, data = blob[:_SIGNATURE], blob[_SIGNATURE:]
-        if not hmac.compare_digest(signature, self._sign(skey, data)):
+        # A failed check may mean secret.key was replaced: reload it and check again once.
+        if not hmac.compare_digest(signature, self._sign(skey, data)) and not (
+            self._secret_replaced() and hmac.compare_digest(signature, self._sign(skey, data))
+        ):
             return MISSING
         return pickle.loads(data)
 
@@ -252,6 +334,11 @@ class DiskBackend(Backend):
     def clear_namespace(self, namespace: str) -> int:
         with self._tx() as db:
             return int(db.execute("DELETE FROM entries WHERE ns = ?", (namespace,)).rowcount)
+
+    def clear(self) -> None:
+        """Drop every entry (every namespace, every process's)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM entries")
 
     def count_namespace(self, namespace: str) -> int:
         with self._tx(write=False) as db:

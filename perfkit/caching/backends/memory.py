@@ -13,12 +13,14 @@ cached list mutates the cache. Cache immutable values, or copy in your function.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
 from perfkit.caching.backends.base import MISSING, Backend, Key
@@ -26,14 +28,78 @@ from perfkit.caching.backends.base import MISSING, Backend, Key
 logger = logging.getLogger("perfkit.cache")
 
 
+_SIZE_NODES = 1024  # objects measured per value; the rest of a big container is extrapolated
+_SIZE_DEPTH = 16
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), range)
+_LEAF_TYPES = frozenset(_LEAVES)
+_NOT_OWNED = (type, ModuleType, FunctionType, BuiltinFunctionType, MethodType)
+
+
 def estimate_size(value: Any) -> int:
-    """A cheap size estimate in bytes: the object plus one level of its items."""
-    size = sys.getsizeof(value, 64)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        size += sum(sys.getsizeof(v, 64) for v in value)
-    elif isinstance(value, dict):
-        size += sum(sys.getsizeof(k, 64) + sys.getsizeof(v, 64) for k, v in value.items())
-    return size
+    """A bounded size estimate in bytes: the object and everything it holds.
+
+    Containers (lists, tuples, sets, dicts, deques) and objects (``__dict__``,
+    ``__slots__``) are followed to any depth up to 16; containers and objects reached twice
+count once (strings and numbers count at each reference, as before).
+    At most 1024 objects are measured: past that, each container's remaining items are
+    counted at the mean size of those measured, so a huge value costs a bounded time and is
+    still counted in full. Classes, modules and functions a value refers to are shared, not
+    owned, and count nothing.
+    """
+    return _Sizer().size(value, 0)
+
+
+class _Sizer:
+    __slots__ = ("budget", "seen")
+
+    def __init__(self) -> None:
+        self.budget = _SIZE_NODES
+        self.seen: set[int] = set()
+
+    def size(self, obj: Any, depth: int) -> int:
+        seen = self.seen
+        ident = id(obj)
+        if ident in seen:
+            return 0
+        seen.add(ident)
+        self.budget -= 1
+        if isinstance(obj, _NOT_OWNED):
+            return 0
+        size = sys.getsizeof(obj, 64)
+        if type(obj) in _LEAF_TYPES or isinstance(obj, _LEAVES) or depth >= _SIZE_DEPTH:
+            return size
+        children: Any
+        if isinstance(obj, dict):
+            children, count = itertools.chain.from_iterable(obj.items()), 2 * len(obj)
+        elif isinstance(obj, (list, tuple, set, frozenset, deque)):
+            children, count = obj, len(obj)
+        else:
+            attributes = getattr(obj, "__dict__", None)
+            children = [attributes] if isinstance(attributes, dict) else []
+            children += [getattr(obj, name, None)
+                         for cls in type(obj).__mro__ for name in _slot_names(cls)]
+            count = len(children)
+        measured = counted = 0
+        getsizeof, leaf_types, deeper = sys.getsizeof, _LEAF_TYPES, depth + 1
+        for child in children:
+            if self.budget <= 0 and counted:
+                break
+            counted += 1
+            if type(child) in leaf_types:  # the common case, without a call per item
+                self.budget -= 1
+                measured += getsizeof(child, 64)  # a repeated string counts each time
+            else:
+                measured += self.size(child, deeper)
+        if counted < count:  # out of budget: the rest at the mean size of what was measured
+            measured = measured * count // counted
+        return size + measured
+
+
+def _slot_names(cls: type) -> tuple[str, ...]:
+    slots = vars(cls).get("__slots__", ())
+    if isinstance(slots, str):
+        slots = (slots,)
+    return tuple(name for name in slots if name not in ("__dict__", "__weakref__"))
 
 
 class MemoryBackend(Backend):

@@ -8,8 +8,8 @@ Reads try each tier in order. A hit in a lower tier fills the tiers above it (fo
 the entry's remaining lifetime, and at most ``l1_ttl`` in L1); with ``promote_after=N``
 only once the key has been read N times from below, so one-off reads of large values do
 not churn memory. Writes go to every tier, except that with ``l2_writes="on_evict"`` the
-middle tier of three receives entries only when L1 evicts them (demotion) or when they are
-promoted from L3: a victim cache that spares disk writes for entries memory still holds.
+middle tier of three receives entries only when L1 evicts them (demotion) or when a read
+promotes them from L3: a victim cache that spares disk writes for entries memory still holds.
 
 When a tier is down, the others keep serving and accepting writes; the error still
 reaches the decorator, which counts it.
@@ -18,9 +18,9 @@ Invalidation reaches every tier and other processes: ``delete`` and ``clear_name
 remove from each tier, then publish on a Redis pub/sub channel; every TieredBackend
 listening drops the entry from its L1 and, with three tiers, from its host's middle tier
 (other hosts have their own disks). When the subscription drops (Redis restarts), a
-process cannot know what it missed, so it clears its L1 once it is back: slower for a
-moment, never stale. Without a Redis tier, other processes' L1s see an invalidation only
-when their entry's ``l1_ttl`` runs out.
+process cannot know what it missed, so it clears its L1 (and, with three tiers, its host's
+middle tier) once it is back: slower for a moment, never stale. Without a Redis tier, other
+processes' L1s see an invalidation only when their entry's ``l1_ttl`` runs out.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class TieredBackend(Backend):
         if not self._promotes(key):
             return ()
         self.l1.set(key, value, self._l1_ttl(remaining))
-        return tuple(t for t in self.lower[:depth] if t in self._write_tiers)
+        return self.lower[:depth]  # with l2_writes="on_evict" too: a read is not a write
 
     def _promotes(self, key: Key) -> bool:
         if self.promote_after == 1:
@@ -299,6 +299,18 @@ class TieredBackend(Backend):
         except (ValueError, KeyError, TypeError, SyntaxError, MemoryError):
             self.l1.clear()  # cannot tell what it meant: be safe, drop everything local
 
+    def forget_local(self) -> None:
+        """Drop what this process and host hold locally (L1, and with three tiers the middle
+        tier): after a lost subscription, invalidations may have been missed."""
+        self.l1.clear()
+        clear = getattr(self.l2, "clear", None) if self.l3 is not None else None
+        if clear is not None:
+            try:
+                clear()
+            except BackendError:
+                logger.debug("could not clear the middle tier after a lost subscription",
+                             exc_info=True)
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.stop()
@@ -356,7 +368,7 @@ class _Listener(threading.Thread):
                 pubsub = self.tiered.shared.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
                 pubsub.subscribe(self.tiered.channel)
                 if lost:  # we may have missed invalidations while disconnected
-                    self.tiered.l1.clear()
+                    self.tiered.forget_local()
                     lost = False
                 self.subscribed.set()
                 delay = 0.1
