@@ -205,8 +205,33 @@ def _sql_cases() -> list[Case]:
 
 
 def settle_sql(rounds: int = 60, per_round: int = 500, seed: int = 0) -> dict[str, float]:
-    """Per-statement tracking cost in the calling thread's CPU time, interleaved rounds."""
-    plain, tracked = _sql_workload()
+    """Per-statement tracking cost in the calling thread's CPU time, interleaved rounds.
+
+    One tracker for the whole run (reset per round, as the plugin does per test) and no
+    EXPLAIN, so the figure is the cost of each statement, not of building a tracker
+    (``_library_roots``) or of the one EXPLAIN per new shape.
+    """
+    import sqlalchemy as sa
+
+    from perfkit.sql import QueryTracker
+
+    engine = sa.create_engine("sqlite://")
+    statement = sa.text("SELECT :x")
+    tracker = QueryTracker(explain=False)
+
+    def tracked(n: int) -> int:
+        tracker.reset()
+        with engine.connect() as conn:
+            tracker.start()
+            for i in range(n):
+                conn.execute(statement, {"x": i})
+            tracker.stop()
+        return tracker.count
+
+    def plain(n: int) -> None:
+        with engine.connect() as conn:
+            for i in range(n):
+                conn.execute(statement, {"x": i})
     rng = random.Random(seed)
     plain(per_round)
     tracked(per_round)

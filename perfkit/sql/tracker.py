@@ -18,6 +18,7 @@ latency measurement around the same code can take it out.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import sys
 import sysconfig
@@ -122,9 +123,16 @@ class Finding:
         return "; ".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
+def _install_roots() -> tuple[str, ...]:
+    """The interpreter's library directories; ``sysconfig.get_paths()`` costs ~140 us a call,
+    which a tracker per test (the ``sql_queries`` fixture) would pay three times."""
+    paths = sysconfig.get_paths()
+    return (paths["stdlib"], paths["purelib"], paths["platlib"])
+
+
 def _library_roots() -> tuple[str, ...]:
-    roots = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
-             sysconfig.get_paths()["platlib"]}
+    roots = set(_install_roots())
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # perfkit/
     roots.add(here + os.sep)
     plugin_dir = os.path.join(os.path.dirname(here), "pytest_perfkit")
