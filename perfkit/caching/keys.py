@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-Key = tuple[Hashable, ...]
+from perfkit.caching.backends.base import Key
 
 _SCALAR_CODES: dict[type, str] = {
     int: "i",
