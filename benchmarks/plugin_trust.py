@@ -38,6 +38,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 WORKLOADS = textwrap.dedent('''
     import json, os, sqlite3, time
@@ -185,12 +186,14 @@ class Cell:
                 + ("one busy core" if self.noisy else "as is (shared)"))
 
 
-def session(directory: Path, budgets: dict[str, float], cell: Cell) -> None:
+def run_session(directory: Path, budgets: dict[str, float], mode: str, slowdown: int,
+                noisy: bool) -> dict:
+    """One pytest process with ``--perf-budget``; returns its JSON report."""
+    path = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, TRUST_BUDGETS=json.dumps(budgets),
-               TRUST_SLOWDOWN=str(cell.slowdown), PYTHONPATH=str(directory))
-    cell.loads.append(os.getloadavg()[0])
+               TRUST_SLOWDOWN=str(slowdown), PYTHONPATH=path)
     busy = None
-    if cell.noisy:
+    if noisy:
         busy = multiprocessing.Process(target=_busy, args=(time.time() + 120,), daemon=True)
         busy.start()
     report = directory / "report.json"
@@ -201,7 +204,7 @@ def session(directory: Path, budgets: dict[str, float], cell: Cell) -> None:
              "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:memray", "-p", "no:xdist",
              "-p", "no:randomly", "-p", "no:asyncio", "-p", "no:anyio", "-p", "no:timeout",
              "-p", "no:rerunfailures", "--perf-budget", f"--perf-report={report}",
-             *MODES[cell.mode], "test_trust.py"],
+             *MODES[mode], "test_trust.py"],
             cwd=directory, env=env, capture_output=True, timeout=300, check=False,
         )
     finally:
@@ -209,10 +212,22 @@ def session(directory: Path, budgets: dict[str, float], cell: Cell) -> None:
             busy.terminate()
             busy.join()
     document = json.loads(report.read_text())
-    tests = document["tests"]
-    judged = [t for t in tests if any(r["budget"] == "latency" for r in t.get("results", []))]
+    judged = [t for t in document["tests"]
+              if any(r["budget"] == "latency" for r in t.get("results", []))]
     if len(judged) != len(budgets):
         raise RuntimeError(f"expected {len(budgets)} latency verdicts, got {len(judged)}")
+    return document
+
+
+def _name(test: dict) -> str:
+    return test["nodeid"].split("[")[-1].rstrip("]")
+
+
+def session(directory: Path, budgets: dict[str, float], cell: Cell,
+            dump: Any = None, index: int = 0) -> None:
+    cell.loads.append(os.getloadavg()[0])
+    document = run_session(directory, budgets, cell.mode, cell.slowdown, cell.noisy)
+    tests = document["tests"]
     cell.sessions += 1
     cell.tests += len(tests)
     failed = [t for t in tests if t.get("failed")]
@@ -221,11 +236,57 @@ def session(directory: Path, budgets: dict[str, float], cell: Cell) -> None:
     cell.noise += sum(1 for t in tests for r in t["results"] if r["verdict"] == "within noise")
     cell.runs += sum(t["latency"]["runs"] for t in tests)
     for test in tests:
-        name = test["nodeid"].split("[")[-1].rstrip("]")
+        name = _name(test)
         if cell.slowdown == 1 and test.get("failed"):
             cell.false[name] = cell.false.get(name, 0) + 1
         if cell.slowdown > 1 and not test.get("failed"):
             cell.missed[name] = cell.missed.get(name, 0) + 1
+        if dump is not None:
+            result = next(r for r in test["results"] if r["budget"] == "latency")
+            dump.write(json.dumps({
+                "round": index, "mode": cell.mode, "slowdown": cell.slowdown,
+                "noisy": cell.noisy, "load": cell.loads[-1], "test": name,
+                "budget": budgets[name], "verdict": result["verdict"],
+                "failed": bool(test.get("failed")), "latency": test["latency"],
+                "time": time.time()}) + "\n")
+            dump.flush()
+
+
+def measure_in_sessions(directory: Path, modes: list[str], count: int, *,
+                        verbose: bool) -> dict[str, dict[str, float]]:
+    """Budgets from ``count`` calibration pytest sessions per mode (unchanged code, machine
+    as is), measured exactly as the plugin measures a test it judges: every test gets a
+    budget so small that it is re-run the full number of confirm runs (those sessions'
+    verdicts are ignored), and its median is the report's judged time (median of 1 + 3 runs,
+    CPU waits out, machine factor divided out as the mode does). The budget is 2x the median
+    of those per-session medians. No judged session is ever used to set a budget.
+    """
+    tiny = {name: 1e-6 for name in _workload_names(directory)}
+    per_mode: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        values: dict[str, list[float]] = {name: [] for name in tiny}
+        for _ in range(count):
+            document = run_session(directory, tiny, mode, 1, False)
+            for test in document["tests"]:
+                # Calibrated mode: budgets are in reference-machine units (divided by the
+                # scale the plugin judged this test with, which it multiplies back).
+                values[_name(test)].append(test["latency"]["judged"] / (test.get("scale") or 1.0))
+        medians = {name: statistics.median(v) for name, v in values.items()}
+        per_mode[mode] = {name: 2 * v for name, v in medians.items()}
+        if verbose:
+            spread = {name: f"{min(v) * 1e3:.1f}-{max(v) * 1e3:.1f}" for name, v in
+                      values.items()}
+            print(f"{mode}: medians over {count} calibration sessions (ms):",
+                  {k: f"{v * 1e3:.1f}" for k, v in medians.items()}, "range:", spread,
+                  flush=True)
+    return per_mode
+
+
+def _workload_names(directory: Path) -> list[str]:
+    sys.path.insert(0, str(directory))
+    import workloads  # type: ignore[import-not-found]
+
+    return [fn.__name__ for fn in workloads.ALL]
 
 
 def print_table(cells: list[Cell]) -> None:
@@ -249,6 +310,14 @@ def main() -> None:
     parser.add_argument("--modes", default="default,calibrated,legacy")
     parser.add_argument("--max-minutes", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", choices=("sessions", "orchestrator"), default="sessions",
+                        help="where the medians behind the 2x budgets come from: calibration "
+                             "pytest sessions measured as the plugin measures (default), or "
+                             "30 runs inside this orchestrating process (the earlier design)")
+    parser.add_argument("--calibration-sessions", type=int, default=5,
+                        help="unchanged-code sessions per mode that set the budgets "
+                             "(--budgets sessions); never judged")
+    parser.add_argument("--dump", default="", help="write one JSON line per judged test")
     parser.add_argument("--budget-per-round", action="store_true",
                         help="re-measure the medians (and so the budgets) before every round "
                              "instead of once at the start: this VM's CPU speed drifted up to "
@@ -266,7 +335,12 @@ def main() -> None:
         (directory / "test_trust.py").write_text(TESTS)
         (directory / "pytest.ini").write_text("[pytest]\n")
         print(f"load average at start: {os.getloadavg()}")
-        budgets = make_budgets(directory, modes, verbose=True)
+        if args.budgets == "sessions":
+            budgets = measure_in_sessions(directory, modes, args.calibration_sessions,
+                                          verbose=True)
+        else:
+            budgets = make_budgets(directory, modes, verbose=True)
+        dump = open(args.dump, "w", encoding="utf-8") if args.dump else None  # noqa: SIM115
         cells = [Cell(mode, slowdown, noisy) for mode in modes for slowdown in (1, 3)
                  for noisy in (False, True)]
         started = time.monotonic()
@@ -275,15 +349,20 @@ def main() -> None:
                 print(f"stopped after {index} rounds: --max-minutes reached")
                 break
             if args.budget_per_round and index:
-                budgets = make_budgets(directory, modes, verbose=False)
+                budgets = (measure_in_sessions(directory, modes, args.calibration_sessions,
+                                               verbose=False)
+                           if args.budgets == "sessions" else
+                           make_budgets(directory, modes, verbose=False))
             order = list(cells)
             rng.shuffle(order)
             for cell in order:
-                session(directory, budgets[cell.mode], cell)
+                session(directory, budgets[cell.mode], cell, dump, index)
             if index % 10 == 9:
                 print(f"... {index + 1} rounds, {(time.monotonic() - started) / 60:.1f} min, "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
         print(f"load average at end: {os.getloadavg()}")
+        if dump is not None:
+            dump.close()
         print_table(cells)
 
 

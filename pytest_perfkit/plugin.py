@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
-from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate
+from perfkit.measure.calibrate import REFERENCE_SECONDS, Calibration, MachineSpeed, calibrate
 from perfkit.measure.memory import HeapPeak, HeapTracer, RssHighWater
 from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Verdict, judge
@@ -380,6 +381,12 @@ class PerfBudgetPlugin:
 
         # Latency and CPU: first run, then confirm runs when near or over a limit, each
         # followed by a reference run that says how fast the machine was at that moment.
+        # With calibrate and the speed check, budgets are in reference-machine time and so is
+        # every run (its CPU part divided by the reference beside it against the reference
+        # machine's time): the machine's speed at session start no longer matters.
+        reference_units = self.settings.calibrate and self.settings.speed_check
+        if reference_units:
+            scale = 1.0
         targets: dict[str, float] = {}
         if budget.latency is not None:
             targets["latency"] = budget.latency * scale
@@ -393,7 +400,8 @@ class PerfBudgetPlugin:
         if heap_inline and targets:
             notes.append("timing not judged: the only run was traced for memory (rerun=False)")
             targets.clear()
-        runs = TimedRuns(self._latency, self.speed if self.settings.speed_check else None)
+        runs = TimedRuns(self._latency, self.speed if self.settings.speed_check else None,
+                         reference=REFERENCE_SECONDS if reference_units else None)
         runs.add(timer.timing)
         single_reason = ""
 
@@ -430,6 +438,14 @@ class PerfBudgetPlugin:
                                  f"{self.settings.baseline_margin:.0%} + "
                                  f"{format_duration(self.settings.baseline_margin_abs)}; "
                                  + result.detail)
+            elif reference_units:
+                # Every run is already at the reference machine's speed: judged as it stands.
+                result = timed_result(name, runs.samples(kind), limit, margins, scale=1.0,
+                                      single_reason=single_reason)
+                result.detail += (
+                    f"; times on the reference machine (this machine ran x{runs.factor:.2f} "
+                    f"its speed; as measured: median "
+                    f"{format_duration(statistics.median(runs.raw_samples(kind)))})")
             else:
                 result = timed_result(name, runs.samples(kind), limit, margins, scale=scale,
                                       raw=runs.raw_samples(kind), factor=runs.factor,
@@ -438,6 +454,8 @@ class PerfBudgetPlugin:
                 result.enforced = False
                 result.detail += f"; downgraded to a warning under xdist -n {self.workers}"
             results.append(result)
+        if reference_units and targets:
+            payload["scale"] = 1.0  # the limits were not multiplied: the runs were divided
         payload["latency"] = runs.summary(cpu_wait_excluded=self.settings.exclude_cpu_wait
                                           and timer.timing.cpu_wait_known)
 

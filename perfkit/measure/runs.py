@@ -28,9 +28,11 @@ class TimedRuns:
     ``speed`` is ``None`` when the speed check is off (every factor is then 1).
     """
 
-    def __init__(self, latency: Callable[[Timing], float], speed: MachineSpeed | None) -> None:
+    def __init__(self, latency: Callable[[Timing], float], speed: MachineSpeed | None,
+                 *, reference: float | None = None) -> None:
         self._latency = latency
         self._speed = speed
+        self._reference = reference
         self.timings: list[Timing] = []
         self.references: list[float] = []
 
@@ -50,12 +52,26 @@ class TimedRuns:
             self.references.append(self._speed.sample())
 
     def factors(self) -> list[float]:
-        if self._speed is None or not self.references:
+        """Per run: how much slower than typical the machine ran (the reference beside it).
+
+        With ``reference`` (seconds the reference workload takes on the reference machine),
+        the factor is against that fixed time instead of this session's typical time, and
+        is not bounded below: a run is then expressed on the reference machine, whatever
+        speed this process started at. Before any sample is taken beside a run, the
+        session's typical time stands in.
+        """
+        if self._speed is None:
             return [1.0] * self.count
+        if not self.references:
+            if self._reference is None:
+                return [1.0] * self.count
+            return [self._speed.typical() / self._reference] * self.count
         factors = []
         for index in range(self.count):
             around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
-            factors.append(self._speed.factor(statistics.fmean(around)))
+            seconds = statistics.fmean(around)
+            factors.append(seconds / self._reference if self._reference is not None
+                           else self._speed.factor(seconds))
         return factors
 
     @property
@@ -93,4 +109,7 @@ class TimedRuns:
             "cpu_wait": sum(t.cpu_wait for t in self.timings),
             "cpu_wait_excluded": cpu_wait_excluded,
             "factor": self.factor, "reference_runs": len(self.references),
+            # Per run, so a report can be re-judged (or a policy studied) after the fact.
+            "samples": samples, "raw_samples": self.raw_samples("latency"),
+            "cpu_samples": [t.cpu for t in self.timings], "factors": self.factors(),
         }
