@@ -64,6 +64,9 @@ class Setting:
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("confirm_runs", _confirm_runs, 3,
             "re-runs when a latency/CPU budget is near or over its limit (0: judge one run)"),
+    Setting("borderline_runs", _confirm_runs, 4,
+            "more re-runs, after the confirm runs, while a latency/CPU verdict would be "
+            "'within noise' (0: judge what the confirm runs gave)"),
     Setting("margin", _fraction, 0.10, "relative margin over a latency/CPU budget (0.1 = 10%)"),
     Setting("margin_abs", parse_duration, 0.001, "absolute margin over a latency/CPU budget"),
     Setting("exclude_cpu_wait", _flag, True,

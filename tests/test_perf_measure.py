@@ -27,6 +27,8 @@ from perfkit.measure import (
     parse_size,
 )
 from perfkit.measure.calibrate import MIN_FACTOR, MachineSpeed, normalise
+from perfkit.measure.runs import TimedRuns
+from perfkit.measure.timing import Timing
 from pytest_perfkit.verdicts import MAX_NOISE_BAND, timed_result
 
 
@@ -162,6 +164,54 @@ def test_normalise_scales_only_the_cpu_part() -> None:
     assert normalise(own=0.030, cpu=0.010, factor=2.0) == pytest.approx(0.025)
     with pytest.raises(ValueError, match="factor"):
         normalise(own=1.0, cpu=1.0, factor=0)
+
+
+class _Speed(MachineSpeed):
+    """A MachineSpeed whose samples are scripted (seconds of the reference workload)."""
+
+    def __init__(self, typical: float, samples: list[float]) -> None:
+        super().__init__(runs=5)
+        for _ in range(self.runs):
+            self._record(typical)
+        self._scripted = list(samples)
+
+    def sample(self) -> float:
+        seconds = self._scripted.pop(0)
+        self._record(seconds)
+        return seconds
+
+
+def _cpu_timing(seconds: float) -> Timing:
+    return Timing(wall=seconds, cpu=seconds, cpu_wait_known=True)
+
+
+def test_timed_runs_against_the_session_or_against_a_fixed_reference() -> None:
+    # The session started slow (typical reference 3.2 ms), then the machine ran at full
+    # speed (1.6 ms) for the test's runs.
+    def runs_with(reference: float | None) -> TimedRuns:
+        runs = TimedRuns(lambda t: t.own, _Speed(0.0032, [0.0016, 0.0016]),
+                         reference=reference)
+        runs.add(_cpu_timing(0.030))
+        runs.check_speed()
+        runs.add(_cpu_timing(0.030))
+        runs.check_speed()
+        return runs
+
+    # Against the session's typical time the fast moment is clamped at MIN_FACTOR...
+    assert runs_with(None).factors() == [MIN_FACTOR, MIN_FACTOR]
+    # ...against the reference machine's 1.6 ms the runs are at its speed: 30 ms stays 30.
+    fixed = runs_with(0.0016)
+    assert fixed.factors() == pytest.approx([1.0, 1.0])
+    assert fixed.samples("latency") == pytest.approx([0.030, 0.030])
+    # No sample beside the runs yet: the session's typical time stands in (x2 here).
+    early = TimedRuns(lambda t: t.own, _Speed(0.0032, []), reference=0.0016)
+    early.add(_cpu_timing(0.030))
+    assert early.factors() == pytest.approx([2.0]) and early.statistic("latency") == \
+        pytest.approx(0.015)
+    # Without the speed check every factor is 1, with or without a reference.
+    off = TimedRuns(lambda t: t.own, None, reference=0.0016)
+    off.add(_cpu_timing(0.030))
+    assert off.factors() == [1.0]
 
 
 def test_machine_speed_factor_against_its_typical_time() -> None:

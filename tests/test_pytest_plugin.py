@@ -533,6 +533,52 @@ def test_a_slow_machine_is_within_noise_but_slow_code_still_fails(run, pytester)
     assert "latency = wall time less CPU waits" in result.stdout.str()
 
 
+def test_calibrated_budgets_judge_each_run_on_the_reference_machine(run, pytester) -> None:
+    # The reference workload is 4x slower while the session calibrates (a slow moment of
+    # a shared VM), then back to normal for the tests. Budgets scaled once by the start
+    # factor would be ~4x loose and let the 100 ms of CPU pass a 20 ms budget; judged run
+    # by run against the reference machine it fails, and 5 ms still passes.
+    pytester.makeconftest("""
+        import importlib, pytest
+
+        calibration = importlib.import_module("perfkit.measure.calibrate")
+        REAL = calibration.reference_workload
+
+        def slow_reference():
+            for _ in range(4):
+                REAL()
+
+        calibration.reference_workload = slow_reference
+
+        @pytest.fixture(autouse=True)
+        def machine_back_to_normal():
+            calibration.reference_workload = REAL
+    """)
+    result = run("""
+        import time, pytest
+
+        def spin(seconds):
+            end = time.process_time() + seconds
+            while time.process_time() < end:
+                pass
+
+        @pytest.mark.perf_budget(latency="20ms")
+        def test_slow_code():
+            spin(0.1)
+
+        @pytest.mark.perf_budget(latency="20ms")
+        def test_fast_code():
+            spin(0.005)
+    """, "--perf-budget", "--perf-budget-calibrate=true", "--perf-report=perf.json")
+    result.assert_outcomes(passed=1, failed=1)
+    document = report_json(pytester)
+    assert document["calibration"]["factor"] > 3  # the slow start was seen...
+    slow = by_test(document)["test_slow_code"]
+    assert slow["failed"] and slow["scale"] == 1.0  # ...and did not loosen the budget
+    assert slow["latency"]["reference_runs"] >= 3
+    assert "times on the reference machine" in slow["results"][0]["detail"]
+
+
 def test_speed_check_and_cpu_wait_can_be_switched_off(run, pytester) -> None:
     result = run("""
         import time, pytest

@@ -2,7 +2,8 @@
 
 The plugin's confirm runs are interleaved with reference samples (see
 :class:`~perfkit.measure.calibrate.MachineSpeed`): reference sample ``k`` is taken right
-after run ``k``. A run's machine factor is the mean of the samples on either side of it,
+after run ``k`` (or, with a sample before the first run, :meth:`TimedRuns.lead`, right
+before it). A run's machine factor is the mean of the samples on either side of it,
 and its judged time is its ``own`` time (GC pauses and run-queue waits out) with only the
 CPU part divided by that factor (:func:`~perfkit.measure.calibrate.normalise`). The
 statistic judged is the median over runs: budgets are written against a test's typical
@@ -35,10 +36,22 @@ class TimedRuns:
         self._reference = reference
         self.timings: list[Timing] = []
         self.references: list[float] = []
+        self.leading = False  # references[0] was taken right before the first run
 
     @property
     def count(self) -> int:
         return len(self.timings)
+
+    def lead(self, seconds: float) -> None:
+        """A reference sample taken right before the first run (before any :meth:`add`)."""
+        if self.timings or self.references:
+            raise ValueError("lead(): only before the first run and the first sample")
+        self.references.append(seconds)
+        self.leading = True
+
+    def sampled_after_last(self) -> bool:
+        """Whether a reference sample was taken after the latest run."""
+        return len(self.references) >= self.count + self.leading
 
     def add(self, timing: Timing) -> None:
         self.timings.append(timing)
@@ -68,7 +81,10 @@ class TimedRuns:
             return [self._speed.typical() / self._reference] * self.count
         factors = []
         for index in range(self.count):
-            around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
+            if self.leading:  # sample k is right before run k, sample k + 1 right after
+                around = self.references[index:index + 2] or self.references[-1:]
+            else:  # sample k is right after run k
+                around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
             seconds = statistics.fmean(around)
             factors.append(seconds / self._reference if self._reference is not None
                            else self._speed.factor(seconds))
