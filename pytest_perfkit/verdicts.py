@@ -6,6 +6,7 @@ payload (a JSON-able dict) can travel on the test report to an xdist controller.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +75,18 @@ def timed_result(name: str, samples: list[float], limit: float, margins: Margins
     in the detail). Over budget needs both: still over the budget at typical speed, and
     over the noise band as measured. So the machine's slowness can excuse an overrun
     ("within noise"), but a real slowdown the reference did not share still fails even if
-    the reference read a little slow. The band is the configured margin, widened to half
-    the samples' relative range when the runs disagree more, never past
-    :data:`MAX_NOISE_BAND`.
+    the reference read a little slow. Without ``raw`` the samples are judged as they stand.
+
+    The band is the configured margin, widened when the runs disagree to how uncertain
+    their *median* is: half the samples' relative range divided by the square root of
+    their number, never past :data:`MAX_NOISE_BAND`. (Half the range itself, the earlier
+    rule, is the spread of single runs; with 8 runs it let a 3x slowdown whose runs were
+    scattered by the machine pass as "within noise".)
     """
     stats = Stats.of(samples)
     measured = Stats.of(raw) if raw else stats
-    noise = (stats.max - stats.min) / (2 * stats.median) if stats.median > 0 else 0.0
+    noise = ((stats.max - stats.min) / (2 * stats.median) / math.sqrt(stats.n)
+             if stats.median > 0 else 0.0)
     band = Margins(min(MAX_NOISE_BAND, max(margins.relative, noise)), margins.absolute)
     if measured.median <= limit:
         verdict = Verdict.OK
