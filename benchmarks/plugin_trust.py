@@ -4,8 +4,13 @@
 
 Seven workloads (CPU loop, allocation-heavy, dict/str work, sorting, JSON, SQLite in
 memory, and a sleep-bound one whose slowdown is *waiting*, not CPU) get a latency budget of
-2x their median, measured first in this process over 30 runs the way the plugin measures
-latency in each mode. Then separate pytest processes run them with ``--perf-budget``:
+2x their median. By default (``--budgets sessions``) the median comes from
+``--calibration-sessions`` unchanged-code pytest sessions per mode, run before any judged
+session and measured exactly as the plugin measures a test it judges (the report's judged
+time: median of the first run and 3 confirm runs, as the mode normalises it); those
+sessions are never judged and no judged session ever sets a budget. ``--budgets
+orchestrator`` is the earlier design: 30 runs inside this orchestrating process. Then
+separate pytest processes run them with ``--perf-budget``:
 for every session index, each (mode, code, machine) cell runs once, in a shuffled order,
 so every cell sees the same spread of the machine's background load (other engineers'
 suites share it). Cells: unchanged code or every workload doing 3x the work, on the
@@ -15,8 +20,12 @@ Reported per cell: the false-failure rate (a failure when nothing changed; targe
 detection rate of a 3x slowdown (target 100%), "within noise" verdicts (passes, reported),
 measured runs, and the load average (1 min) seen at the start of the cell's sessions.
 
+``--dump PATH`` writes one JSON line per judged test (its per-run times and machine
+factors), so a verdict policy can be studied after the fact.
+
 Modes: ``default`` (absolute budgets, CPU waits excluded, speed check on), ``calibrated``
-(budgets in reference-workload units, ``--perf-budget-calibrate``), ``no-speed-check``
+(budgets in reference-machine time, each run divided by the reference beside it,
+``--perf-budget-calibrate``), ``no-speed-check``
 (CPU waits excluded, no reference runs: what the speed check adds), ``legacy`` (plain wall
 time, no speed check: the control; its verdict is now the median, not the minimum).
 

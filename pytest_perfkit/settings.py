@@ -76,7 +76,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "interleave confirm runs with a short reference workload and divide out how much "
             "slower the machine itself ran at that moment (over budget only if still over)"),
     Setting("calibrate", _flag, False,
-            "time a reference workload at start and scale latency/CPU budgets by the factor"),
+            "budgets in reference-machine time: with speed_check, every run is divided by a "
+            "reference workload timed right before and after it; without, budgets are scaled "
+            "once by the factor measured at start"),
     Setting("include_transactions", _flag, False,
             "count BEGIN/COMMIT/ROLLBACK/SAVEPOINT toward query budgets"),
     Setting("explain", _flag, True, "EXPLAIN each new statement shape to find full table scans"),
