@@ -70,11 +70,8 @@ class TimedRuns:
         With ``reference`` (seconds the reference workload takes on the reference machine),
         the factor is against that fixed time instead of this session's typical time, and
         is not bounded below: a run is then expressed on the reference machine, whatever
-        speed this process started at. Then the *faster* of the samples on either side
-        counts, not their mean: the machine excuses only the slowness it showed on both
-        sides of the run (a vCPU of this project's VM switched speed by 1.75x within half a
-        second, and a mean across a switch hid part of a 3x slowdown). Before any sample is
-        taken beside a run, the session's typical time stands in.
+        speed this process started at. Before any sample is taken beside a run, the
+        session's typical time stands in.
         """
         if self._speed is None:
             return [1.0] * self.count
@@ -88,10 +85,9 @@ class TimedRuns:
                 around = self.references[index:index + 2] or self.references[-1:]
             else:  # sample k is right after run k
                 around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
-            if self._reference is not None:
-                factors.append(min(around) / self._reference)
-            else:
-                factors.append(self._speed.factor(statistics.fmean(around)))
+            seconds = statistics.fmean(around)
+            factors.append(seconds / self._reference if self._reference is not None
+                           else self._speed.factor(seconds))
         return factors
 
     @property
