@@ -579,6 +579,28 @@ def test_calibrated_budgets_judge_each_run_on_the_reference_machine(run, pyteste
     assert "times on the reference machine" in slow["results"][0]["detail"]
 
 
+@pytest.mark.parametrize(("borderline", "runs"), [(None, 8), ("0", 4)])
+def test_a_borderline_verdict_gets_more_runs_before_it_is_judged(
+        run, pytester, borderline, runs) -> None:
+    # 25 ms of sleep against 20 ms, with a 10 ms absolute margin: over the budget, inside the
+    # band, so "within noise" - settled with 4 more runs by default, not passed after 4.
+    args = ["--perf-budget", "--perf-report=perf.json", "--perf-budget-margin-abs=10ms"]
+    if borderline is not None:
+        args.append(f"--perf-budget-borderline-runs={borderline}")
+    result = run("""
+        import time, pytest
+
+        @pytest.mark.perf_budget(latency="20ms")
+        def test_borderline():
+            time.sleep(0.025)
+    """, *args)
+    result.assert_outcomes(passed=1)
+    test = by_test(report_json(pytester))["test_borderline"]
+    assert test["results"][0]["verdict"] == "within noise"
+    assert test["latency"]["runs"] == runs
+    assert "(+ up to 4 while within noise)" in result.stdout.str() or borderline == "0"
+
+
 def test_speed_check_and_cpu_wait_can_be_switched_off(run, pytester) -> None:
     result = run("""
         import time, pytest

@@ -16,6 +16,13 @@ that moment; dividing the run's CPU time by it cancels the machine, while a regr
 the test's own code, which the reference does not share, stays. Every time here is the
 :class:`~perfkit.measure.timing.CallTimer` ``own`` time (GC pauses and run-queue waits
 removed), the accounting tests are judged with.
+
+That factor is relative to the session's own typical time, so it cannot correct a whole
+session running at another speed than the one a budget was measured at; on the same VM
+each vCPU switched between two speeds 1.75x apart within half a second. With the plugin's
+``calibrate`` setting, a run's reference samples are compared with
+:data:`REFERENCE_SECONDS` instead (:class:`~perfkit.measure.runs.TimedRuns` with
+``reference=``), which expresses every run on the reference machine, whatever the session.
 """
 
 from __future__ import annotations
