@@ -35,6 +35,7 @@ def stacks() -> dict[str, Callable[[], tuple[Any, str | None]]]:
         ResponseCacheMiddleware,
         TimingMiddleware,
     )
+    from perfkit.asgi.stack import MiddlewareStack
 
     def registry() -> Registry:
         return Registry(process_metrics=False)
@@ -55,6 +56,11 @@ def stacks() -> dict[str, Callable[[], tuple[Any, str | None]]]:
             ResponseCacheMiddleware(ETagMiddleware(_starlette(), algorithm="xxh3"),
                                     backend=MemoryBackend())), registry=registry()),
             "identity"),
+        "stack": lambda: (MiddlewareStack(_starlette(), timing={"registry": registry()},
+                                          cache={"backend": MemoryBackend()}), "identity"),
+        "stack-xxh3": lambda: (MiddlewareStack(
+            _starlette(), timing={"registry": registry()}, cache={"backend": MemoryBackend()},
+            etag={"algorithm": "xxh3"}), "identity"),
         "cache-hit": lambda: (ResponseCacheMiddleware(
             _starlette(None, "max-age=3600"), backend=MemoryBackend()), None),
     }
