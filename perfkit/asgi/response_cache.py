@@ -57,10 +57,10 @@ from perfkit.http_rules import (
     RequestConditions,
     StoreReason,
     accept_encoding_key,
+    available_etag_function,
     cache_control_seconds,
     evaluate_preconditions,
     freshness_lifetime,
-    make_etag,
     not_modified_headers,
     parse_cache_control,
     parse_http_date,
@@ -256,6 +256,7 @@ class ResponseCacheMiddleware:
         self._tasks: set[asyncio.Task[None]] = set()
         self._local = backend.is_local  # store _Entry objects as they are, no encoding
         self._backend_down = False
+        self._digest = available_etag_function()  # for stored 200s without an ETag
 
     # -- public API ------------------------------------------------------------------------
     async def invalidate(self, path: str | None = None, *, tags: Iterable[str] = ()) -> None:
@@ -395,7 +396,9 @@ class ResponseCacheMiddleware:
         except BackendError as exc:
             record = self._backend_failed(exc)
         if record.__class__ is dict and "pass" in record:
-            return self._resolve((headers, record_key, record), record)
+            if record.get("until", 0.0) > self.clock():
+                return self._hit_for_pass(record["pass"])  # see _resolve
+            record = None
         return headers, record_key, record
 
     def _resolve(self, plan: tuple[Any, ...], record: Any) -> Any:
@@ -651,7 +654,7 @@ class ResponseCacheMiddleware:
 
         etag = found.get(b"etag")
         if etag is None and status == 200:
-            etag = make_etag(body)
+            etag = self._digest(body)
             headers.append((b"etag", etag.encode("latin-1")))
             start["headers"] = headers
         stored_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]

@@ -29,7 +29,6 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     content_length,
-    is_conditional,
     request_headers,
 )
 from perfkit.asgi.compression import CompressionMiddleware
@@ -85,6 +84,17 @@ class MiddlewareStack:
         self.timing = (TimingMiddleware(self.layered, **options)
                        if options is not None else None)
         self._outer: ASGIApp = self.timing or self.layered
+        self._extras: dict[tuple[bytes | None, bool], tuple[tuple[bytes, bytes], ...]] = {}
+
+    def _extra(self, tag: bytes | None, vary: bool) -> tuple[tuple[bytes, bytes], ...]:
+        """Cache-Status and Vary as the layers add them (memo: few distinct values)."""
+        extra = self._extras.get((tag, vary))
+        if extra is None:
+            extra = ((((b"cache-status", tag),) if tag is not None else ())
+                     + ((_VARY,) if vary else ()))
+            if len(self._extras) < 512:  # tags come from a bounded set anyway
+                self._extras[(tag, vary)] = extra
+        return extra
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,9 +103,10 @@ class MiddlewareStack:
         method = scope["method"]
         headers = request_headers(scope)
         timing = self.timing
-        if (method != "GET" and method != "HEAD") or is_conditional(headers) or (
-            timing is not None and scope["path"] in timing.exclude_paths
-        ):
+        if (method != "GET" and method != "HEAD") or (
+            b"if-none-match" in headers or b"if-modified-since" in headers
+            or b"if-match" in headers or b"if-unmodified-since" in headers
+        ) or (timing is not None and scope["path"] in timing.exclude_paths):
             await self._outer(scope, receive, send)
             return
         tag = None
@@ -123,7 +134,6 @@ class MiddlewareStack:
         fused.scope = scope
         fused.gzip = gzip
         fused.tag = tag
-        fused.vary = False
         fused.held = None
         fused.chain = None
         if timing is None:
@@ -160,17 +170,17 @@ class _Fused(_Timer):
     the timer parts only stamp a dummy clock and add no header.
     """
 
-    __slots__ = ("chain", "gzip", "held", "scope", "stack", "tag", "vary")
+    __slots__ = ("chain", "extra", "gzip", "held", "scope", "stack", "tag")
 
     emit = _Timer.send  # the timer's own send: stamps, then the server's send
 
     chain: Any
+    extra: tuple[tuple[bytes, bytes], ...]
     gzip: bool
     held: Message | None
     scope: Scope
     stack: MiddlewareStack
     tag: bytes | None
-    vary: bool
 
     def send(self, message: Message) -> Awaitable[None]:
         chain = self.chain
@@ -180,13 +190,16 @@ class _Fused(_Timer):
             return chain(message)  # type: ignore[no-any-return]
         start = self.held
         if start is None:
-            if message["type"] != START or not self._plain(message):
+            extra = self._plain(message) if message["type"] == START else None
+            if extra is None:
                 return self._layers()(message)  # type: ignore[no-any-return]
             if self.stack.etag is None:
-                self._finish(message)
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
                 self.chain = _DONE
                 return self.emit(message)
             self.held = message
+            self.extra = extra
             return READY
         etag = self.stack.etag
         assert etag is not None
@@ -199,14 +212,17 @@ class _Fused(_Timer):
                 and content_length(start.get("headers", ())) not in (None, 0))
         ):
             return _replay(self._layers(), start, message)
-        self._finish(start, (b"etag", etag.digest(body).encode("latin-1")))
+        # What the layers add to a plain 200, in their order: ETag, Cache-Status, Vary.
+        start["headers"] = [*start.get("headers", ()),
+                            (b"etag", etag.digest(body).encode("latin-1")), *self.extra]
         self.chain = _DONE
         return _replay(self.emit, start, message)
 
-    def _plain(self, start: Message) -> bool:
-        """A 200 the layers would only add headers to (ETag, Cache-Status, Vary)?"""
+    def _plain(self, start: Message) -> tuple[tuple[bytes, bytes], ...] | None:
+        """For a 200 the layers would only add headers to, the Cache-Status and Vary fields
+        they add (after the ETag); None for any other response."""
         if start["status"] != 200 or SCOPE_ETAG in self.scope:
-            return False
+            return None
         content_type = None
         for key, value in start.get("headers", ()):
             name = key.lower()
@@ -218,14 +234,15 @@ class _Fused(_Timer):
                 etag = self.stack.etag
                 try:
                     if etag is not None and int(value) > etag.max_body:
-                        return False
+                        return None
                 except ValueError:
-                    return False
+                    return None
             elif name == b"cache-control":
                 if b"no-store" in value.lower():
-                    return False
+                    return None
             else:  # validators, an encoding or a Vary of the app's own
-                return False
+                return None
+        vary = False
         compression = self.stack.compression
         if compression is not None and content_type:
             known = compression._compressible.get(content_type)
@@ -233,19 +250,9 @@ class _Fused(_Timer):
                 known = compression.compressible(content_type)
             if known:
                 if self.gzip:
-                    return False  # compressing is the compression layer's job
-                self.vary = True
-        return True
-
-    def _finish(self, start: Message, *first: tuple[bytes, bytes]) -> None:
-        """Add what the layers add to a plain 200, in their order (ETag, cache, Vary)."""
-        added = list(first)
-        if self.tag is not None:
-            added.append((b"cache-status", self.tag))
-        if self.vary:
-            added.append(_VARY)
-        if added:
-            start["headers"] = [*start.get("headers", ()), *added]
+                    return None  # compressing is the compression layer's job
+                vary = True
+        return self.stack._extra(self.tag, vary)
 
     def _layers(self) -> Any:
         """The responders the layers would have made for this request, outermost last."""
