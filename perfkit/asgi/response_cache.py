@@ -46,7 +46,6 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     empty_body,
-    is_conditional,
     request_headers,
     route_template,
 )
@@ -77,7 +76,7 @@ _NOT_STORED = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"age", b"cache-status",
      b"date", b"server-timing", b"x-response-time", b"set-cookie"}
 )
-_UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SCOPE_PLAN = "perfkit.cache_plan"
 """Scope key where :func:`perfkit.asgi.stack` leaves a plan it decided for this layer."""
 _DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
@@ -104,7 +103,7 @@ class _Entry:
     tags: tuple[str, ...] = ()
     # The hit headers for one (age, remaining ttl) second: a local backend hands out the
     # same entry object, so consecutive hits reuse them instead of formatting them again.
-    answer: tuple[tuple[int, int, bytes], tuple[tuple[bytes, bytes], ...]] | None = field(
+    answer: tuple[int, int, bytes, tuple[tuple[bytes, bytes], ...]] | None = field(
         default=None, repr=False)
 
     def __sizeof__(self) -> int:
@@ -257,6 +256,7 @@ class ResponseCacheMiddleware:
         self._local = backend.is_local  # store _Entry objects as they are, no encoding
         self._backend_down = False
         self._digest = available_etag_function()  # for stored 200s without an ETag
+        self._hosts: dict[bytes, str] = {}  # Host header -> lower-case text
 
     # -- public API ------------------------------------------------------------------------
     async def invalidate(self, path: str | None = None, *, tags: Iterable[str] = ()) -> None:
@@ -308,9 +308,18 @@ class ResponseCacheMiddleware:
         method: str = scope["method"]
         headers, record_key, record = plan
         path: str = scope["path"]
-        request = self._request(scope, headers)
+        request = None
         if record.__class__ is dict:
-            key = self._key(request, record.get("gen", ""), tuple(record.get("vary", ())))
+            vary = record.get("vary")
+            if (not vary and self._local and self.key_principal is None
+                    and not scope.get("query_string")):
+                # What _key(_request(...)) gives here, without building the request.
+                key: tuple[Any, ...] | None = (
+                    self.namespace, "e", record.get("gen", ""), scope.get("scheme", "http"),
+                    self._host(headers), path, "", "")
+            else:
+                request = self._request(scope, headers)
+                key = self._key(request, record.get("gen", ""), tuple(vary) if vary else ())
             if key is None:
                 reason = StoreReason.VARY_TOO_LONG
                 await self._pass(scope, receive, send, self._pass_tag(
@@ -340,7 +349,8 @@ class ResponseCacheMiddleware:
                             stats["hit"] = stats.get("hit", 0) + 1
                         else:
                             stats["stale"] = stats.get("stale", 0) + 1
-                            self._revalidate(scope, request, record, key)
+                            self._revalidate(scope, request or self._request(scope, headers),
+                                             record, key)
                         start, body = self._answer(entry, scope, None, headers, age)
                         await send(start)
                         await send(body)
@@ -349,7 +359,7 @@ class ResponseCacheMiddleware:
         if method == "HEAD":  # a HEAD never populates the GET entry
             await self._pass(scope, receive, send, self._pass_tag("fwd=miss", None))
             return
-        await self._miss(scope, receive, send, request, record)
+        await self._miss(scope, receive, send, request or self._request(scope, headers), record)
 
     async def plan(self, scope: Scope) -> Any:
         """What an HTTP request needs, decided from the request alone.
@@ -688,20 +698,24 @@ class ResponseCacheMiddleware:
         if entry.route is not None:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
         if text is None:
-            # Keyed by this middleware's status name too: two may share one backend.
-            second = (int(age), int(entry.ttl - age), self._status_name)
+            # Keyed by this middleware's status name too (by identity): two may share one
+            # backend.
+            whole, left, name = int(age), int(entry.ttl - age), self._status_name
             memo = entry.answer
-            if memo is not None and memo[0] == second:
-                out = list(memo[1])  # a copy: an outer layer may edit the list in place
+            if memo is not None and memo[0] == whole and memo[1] == left and memo[2] is name:
+                out = list(memo[3])  # a copy: an outer layer may edit the list in place
             else:
                 out = self._hit_headers(entry, age)
-                entry.answer = (second, tuple(out))
+                entry.answer = (whole, left, name, tuple(out))
         else:
             out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
             if self.cache_status is not None:
                 out.append((b"cache-status", f"{self.cache_status}; {text}".encode()))
         method = scope["method"]
-        if 200 <= entry.status < 300 and is_conditional(headers):
+        if 200 <= entry.status < 300 and (  # is_conditional(), inline: once per hit
+            b"if-none-match" in headers or b"if-modified-since" in headers
+            or b"if-match" in headers or b"if-unmodified-since" in headers
+        ):
             conditions = RequestConditions.from_asgi(scope["headers"])
             outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
             if outcome is Precondition.NOT_MODIFIED:
@@ -802,7 +816,8 @@ class ResponseCacheMiddleware:
 
     # -- helpers -----------------------------------------------------------------------------
     def _request(self, scope: Scope, headers: dict[bytes, bytes]) -> _Request:
-        query = scope.get("query_string", b"").decode("latin-1")
+        raw_query = scope.get("query_string")
+        query = raw_query.decode("latin-1") if raw_query else ""
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
             if self.ignore_query_params:
@@ -814,9 +829,17 @@ class ResponseCacheMiddleware:
             who = self.key_principal(scope)
             principal = "-" if who is None else hmac.new(
                 self._secret, who.encode(), hashlib.sha256).hexdigest()
-        host = headers.get(b"host", b"").decode("latin-1").lower()
-        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"), host, query,
-                        headers, principal)
+        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"),
+                        self._host(headers), query, headers, principal)
+
+    def _host(self, headers: dict[bytes, bytes]) -> str:
+        raw = headers.get(b"host", b"")
+        host = self._hosts.get(raw)
+        if host is None:
+            host = raw.decode("latin-1").lower()
+            if len(self._hosts) < 64:  # a service answers to a few names; not a cache of them
+                self._hosts[raw] = host
+        return host
 
     def _key(self, request: _Request, gen: str,
              vary: tuple[str, ...]) -> tuple[Any, ...] | None:
