@@ -280,3 +280,100 @@ def test_layers_are_reachable_and_left_out_ones_are_none() -> None:
     assert isinstance(stack.timing, TimingMiddleware)
     assert stack.compression is None
 
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _SlowRemote(MemoryBackend):
+    """A shared (non-local) backend whose every read takes one second of ``clock``."""
+
+    is_local = False
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def aget(self, key: Any) -> Any:
+        self.clock.now += 1.0
+        return self.get(key)
+
+
+@pytest.mark.parametrize("response", ["plain json", "json, storable"])
+async def test_a_remote_backend_read_is_timed_as_the_layers_time_it(response: str) -> None:
+    # Timing is the outermost layer: the cache's read of the path's record from a remote
+    # backend is part of the request's duration and X-Response-Time, in both forms.
+    requests = [("GET", [("accept-encoding", "identity")])] * 3 + [
+        ("GET", [("authorization", "Bearer x")])]
+    results = []
+    for stacked_form in (False, True):
+        clock = _Clock()
+        registry = Registry(process_metrics=False)
+        backend = _SlowRemote(clock)
+        app: Any = raw_app(RESPONSES[response])
+        if stacked_form:
+            app = MiddlewareStack(app, cache={"backend": backend},
+                                  timing={"registry": registry, "clock": clock})
+        else:
+            app = TimingMiddleware(CompressionMiddleware(ResponseCacheMiddleware(
+                ETagMiddleware(app), backend=backend)), registry=registry, clock=clock)
+        seen = [dict((await drive(app, http_scope("/r", method, headers)))[0]["headers"])
+                for method, headers in requests]
+        durations = registry.snapshot()["http_request_duration_seconds"]["series"]
+        results.append(([h[b"x-response-time"] for h in seen],
+                        {k: (v["count"], v["sum"]) for k, v in durations.items()}))
+    assert results[0][0][0] != b"0.000ms"  # the reads were timed at all
+    assert results[1] == results[0]
+
+
+async def test_an_error_reading_a_remote_backend_is_recorded_as_a_500() -> None:
+    class Failing(MemoryBackend):
+        is_local = False
+
+        async def aget(self, key: Any) -> Any:
+            raise LookupError("not a BackendError")
+
+    registry = Registry(process_metrics=False)
+    stack = MiddlewareStack(raw_app(RESPONSES["plain json"]), cache={"backend": Failing()},
+                            timing={"registry": registry})
+    with pytest.raises(LookupError):
+        await drive(stack, http_scope("/r", "GET"))
+    counts, _ = metrics(registry)
+    assert counts == {("GET", "<unmatched>", "5xx"): 1}
+    assert registry.snapshot()["http_requests_in_progress"]["series"][()] == 0
+
+
+@pytest.mark.parametrize("response", ["plain json", "json, storable", "own etag", "streamed"])
+async def test_the_stack_answers_as_the_layers_do_on_redis(
+    redis_url: str, unique_ns: str, response: str
+) -> None:
+    from perfkit import RedisBackend
+
+    requests = [("GET", [("accept-encoding", "identity")])] * 3 + [
+        ("GET", [("accept-encoding", "gzip")]), ("HEAD", []),
+        ("GET", [("authorization", "Bearer x")])]
+    results = []
+    for form in ("layers", "stack"):
+        registry = Registry(process_metrics=False)
+        backend = RedisBackend(redis_url, prefix=f"{unique_ns}:{form}:", serializer="json")
+        app: Any = raw_app(RESPONSES[response])
+        if form == "stack":
+            app = MiddlewareStack(app, etag={"max_body": 4096}, cache={"backend": backend},
+                                  timing={"registry": registry})
+            cache = app.cache
+        else:
+            app = cache = ResponseCacheMiddleware(ETagMiddleware(app, max_body=4096),
+                                                  backend=backend)
+            app = TimingMiddleware(CompressionMiddleware(app), registry=registry)
+        try:
+            seen = [received(await drive(app, http_scope("/r", method, headers)))
+                    for method, headers in requests]
+        finally:
+            await backend.aclose()
+        results.append((seen, dict(cache.stats), metrics(registry)))
+    assert results[1] == results[0]

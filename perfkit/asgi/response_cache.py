@@ -699,14 +699,17 @@ class ResponseCacheMiddleware:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
         if text is None:
             # Keyed by this middleware's status name too (by identity): two may share one
-            # backend.
+            # backend. Fresh hits only: int(ttl - age) is 0 on both sides of the end of a
+            # fractional lifetime, and stale ones say ttl=-1 there.
             whole, left, name = int(age), int(entry.ttl - age), self._status_name
             memo = entry.answer
-            if memo is not None and memo[0] == whole and memo[1] == left and memo[2] is name:
+            if (memo is not None and memo[0] == whole and memo[1] == left and memo[2] is name
+                    and age < entry.ttl):
                 out = list(memo[3])  # a copy: an outer layer may edit the list in place
             else:
                 out = self._hit_headers(entry, age)
-                entry.answer = (whole, left, name, tuple(out))
+                if age < entry.ttl:
+                    entry.answer = (whole, left, name, tuple(out))
         else:
             out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
             if self.cache_status is not None:

@@ -9,7 +9,7 @@ responder instead of three layers. Anything else (cache lookups and hits, precon
 gzip clients, streams, other statuses, a response with validators or an encoding of its
 own) is replayed into the layers' own responders, so the behaviour is theirs. The shortcut
 is checked against the layered stack, response by response, in
-``tests/test_asgi_stack.py``.
+``tests/test_asgi_middleware_stack.py``.
 """
 
 from __future__ import annotations
@@ -110,16 +110,20 @@ class MiddlewareStack:
             await self._outer(scope, receive, send)
             return
         tag = None
+        unread = None
         cache = self.cache
         if cache is not None:
             plan = cache._plan(scope, headers)
-            if plan.__class__ is tuple and plan[2] is _UNREAD:
-                plan = cache._resolve(plan, await cache._get(plan[1]))
-            if plan.__class__ is tuple:  # a lookup: the cache layer picks its plan up
-                scope[SCOPE_PLAN] = (cache, plan)
-                await self._outer(scope, receive, send)
-                return
-            tag = plan
+            if plan.__class__ is tuple and plan[2] is _UNREAD and timing is not None:
+                unread = plan  # a remote backend: read below, once timing has begun
+            else:
+                if plan.__class__ is tuple and plan[2] is _UNREAD:
+                    plan = cache._resolve(plan, await cache._get(plan[1]))
+                if plan.__class__ is tuple:  # a lookup: the cache layer picks its plan up
+                    scope[SCOPE_PLAN] = (cache, plan)
+                    await self._outer(scope, receive, send)
+                    return
+                tag = plan
         gzip = False
         compression = self.compression
         if compression is not None:
@@ -144,6 +148,15 @@ class MiddlewareStack:
             return
         token = timing.begin(scope, fused)
         try:
+            if unread is not None:  # timing is outermost: it covers the cache's read too
+                assert cache is not None
+                plan = cache._resolve(unread, await cache._get(unread[1]))
+                if plan.__class__ is tuple:  # a lookup: the layers under timing serve it
+                    scope[SCOPE_PLAN] = (cache, plan)
+                    fused.chain = _DONE
+                    await self.layered(scope, fused.receive, fused.send)
+                    return
+                fused.tag = plan
             await self.app(scope, fused.receive, fused.send)
         except BaseException:
             fused.failed()
