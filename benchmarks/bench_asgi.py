@@ -103,6 +103,7 @@ def overhead_cases() -> list[Case]:
         ResponseCacheMiddleware,
         TimingMiddleware,
     )
+    from perfkit.asgi.stack import MiddlewareStack
 
     group = "ASGI layer on a 2 KB JSON Starlette route"
 
@@ -121,7 +122,9 @@ def overhead_cases() -> list[Case]:
         _case(group, "bare Starlette", _starlette(), baseline=True),
         _case(group, "+ no-op pure-ASGI layer", _noop_pure(_starlette())),
         _case(group, "+ no-op BaseHTTPMiddleware", with_base()),
-        _case(group, "+ perfkit ETagMiddleware (sha256)", ETagMiddleware(_starlette())),
+        _case(group, "+ perfkit ETagMiddleware (xxh3, default)", ETagMiddleware(_starlette())),
+        _case(group, "+ perfkit ETagMiddleware (sha256)",
+              ETagMiddleware(_starlette(), algorithm="sha256")),
         _case(group, "+ perfkit CompressionMiddleware", CompressionMiddleware(_starlette()),
               accept_encoding="identity", note="client without gzip: negotiation + Vary"),
         _case(group, "+ perfkit TimingMiddleware", TimingMiddleware(
@@ -133,15 +136,11 @@ def overhead_cases() -> list[Case]:
             ResponseCacheMiddleware(ETagMiddleware(_starlette()), backend=MemoryBackend())),
             registry=Registry(process_metrics=False)), accept_encoding="identity",
             note="timing > compression > cache (miss) > ETag"),
+        _case(group, "+ perfkit MiddlewareStack", MiddlewareStack(
+            _starlette(), timing={"registry": Registry(process_metrics=False)},
+            cache={"backend": MemoryBackend()}), accept_encoding="identity",
+            note="the same four as one layer"),
     ]
-    try:
-        import xxhash  # noqa: F401
-
-        cases.append(_case(group, "+ perfkit ETagMiddleware (xxh3)",
-                           ETagMiddleware(_starlette(), algorithm="xxh3")))
-    except ImportError:
-        cases.append(Case.unavailable(group, "+ perfkit ETagMiddleware (xxh3)",
-                                      "xxhash not installed"))
     return cases
 
 

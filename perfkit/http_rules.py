@@ -23,6 +23,7 @@ __all__ = [
     "StoreReason",
     "accept_encoding_key",
     "acceptable_codings",
+    "available_etag_function",
     "cache_control_seconds",
     "etag_function",
     "evaluate_preconditions",
@@ -122,7 +123,7 @@ def parse_etag_list(value: str) -> tuple[list[ETag], bool]:
 EtagAlgorithm = Literal["sha256", "blake2b", "xxh3"]
 
 
-def etag_function(algorithm: EtagAlgorithm = "sha256") -> Callable[[bytes], str]:
+def etag_function(algorithm: EtagAlgorithm = "xxh3") -> Callable[[bytes], str]:
     """``body -> quoted strong ETag`` for ``algorithm``, resolved once (see :func:`make_etag`).
 
     Middleware calls this at construction, so a request pays for the hash and nothing else.
@@ -142,7 +143,8 @@ def etag_function(algorithm: EtagAlgorithm = "sha256") -> Callable[[bytes], str]
             from xxhash import xxh3_128_hexdigest
         except ImportError as exc:
             raise ImportError(
-                "algorithm='xxh3' needs the xxhash package: pip install xxhash"
+                "algorithm='xxh3' (the default) needs the xxhash package: "
+                "pip install 'perfkit[asgi]' (or xxhash), or pass algorithm='sha256'"
             ) from exc
 
         def digest(body: bytes) -> str:
@@ -152,15 +154,30 @@ def etag_function(algorithm: EtagAlgorithm = "sha256") -> Callable[[bytes], str]
     return digest
 
 
+def available_etag_function() -> Callable[[bytes], str]:
+    """The default ETag function (xxh3) if ``xxhash`` is installed, else sha256.
+
+    For code that makes an ETag on the side (the response cache, for a stored response
+    that has none) and must never fail a request because an optional package is missing.
+    """
+    try:
+        return etag_function("xxh3")
+    except ImportError:
+        return etag_function("sha256")
+
+
 _ETAG_FUNCTIONS: dict[str, Callable[[bytes], str]] = {}
 
 
-def make_etag(body: bytes, algorithm: EtagAlgorithm = "sha256") -> str:
+def make_etag(body: bytes, algorithm: EtagAlgorithm = "xxh3") -> str:
     """A strong, quoted ETag from the body bytes: 128 bits, identical in every process.
 
-    ``sha256``/``blake2b`` come from hashlib with ``usedforsecurity=False`` (allowed under
-    FIPS; never md5, never the salted built-in ``hash()``); ``xxh3`` (xxh3-128) needs the
-    ``xxhash`` package and is ~20x faster on large bodies.
+    ``xxh3`` (xxh3-128, the default; the ``xxhash`` package, installed by
+    ``perfkit[asgi]``) hashes 2 KB in ~0.1 µs; it is not a cryptographic hash, which an
+    ETag does not need (it names a representation; it guards nothing), and it works on
+    FIPS-mode systems, where md5 fails. ``sha256``/``blake2b`` come from hashlib with
+    ``usedforsecurity=False`` (allowed under FIPS) for those who want a cryptographic
+    digest, at ~2-3 µs per 2 KB. Never md5, never the salted built-in ``hash()``.
     """
     function = _ETAG_FUNCTIONS.get(algorithm)
     if function is None:

@@ -2,8 +2,8 @@
 
 Checklist: a pure-ASGI passthrough costs under about 5 µs per request and the full metrics
 middleware under about 30 µs, in-process against a bare app. Each call of the measured
-function serves ``N`` requests, so the plugin's noise margins (10% + 1 ms per call) stay
-small per request; the budgets are the bare app's minimum plus ``N`` times the allowance.
+function serves ``N`` requests; each check compares the layer's minimum per call with the
+bare app's, measured back to back, up to three times.
 Precise figures live in ``benchmarks/bench_asgi.py`` and ``docs/benchmarks.md``.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -53,14 +54,27 @@ def batch(app: Any, path: str) -> Any:
     return serve
 
 
-async def test_a_passthrough_layer_costs_under_5_us_per_request(perf: Any) -> None:
-    base = await perf.arun(batch(bare(), "/metrics"))
+async def within_budget(perf: Any, path: str, per_request: float) -> None:
+    """The layer's batch against the bare app's, measured back to back; judged like the
+    plugin's confirm runs: up to three attempts, because this shared VM's speed drifts
+    between seconds and a slow moment must not land on one side only."""
     timing = TimingMiddleware(bare(), registry=Registry(process_metrics=False))
+    seen = []
+    for _ in range(3):
+        base = await perf.arun(batch(bare(), path))
+        layer = await perf.arun(batch(timing, path))
+        extra = (layer.stats.min - base.stats.min) / N
+        seen.append(extra)
+        if extra < per_request:
+            return
+    pytest.fail(f"{path}: {[f'{e * 1e6:.1f} us' for e in seen]} per request over the bare "
+                f"app in three attempts; budget {per_request * 1e6:.0f} us")
+
+
+async def test_a_passthrough_layer_costs_under_5_us_per_request(perf: Any) -> None:
     # /metrics is excluded from timing: the layer only looks and passes the request on.
-    await perf.arun(batch(timing, "/metrics"), budget=base.stats.min + N * 5e-6)
+    await within_budget(perf, "/metrics", 5e-6)
 
 
 async def test_the_metrics_middleware_costs_under_30_us_per_request(perf: Any) -> None:
-    base = await perf.arun(batch(bare(), "/data"))
-    timing = TimingMiddleware(bare(), registry=Registry(process_metrics=False))
-    await perf.arun(batch(timing, "/data"), budget=base.stats.min + N * 30e-6)
+    await within_budget(perf, "/data", 30e-6)

@@ -871,3 +871,20 @@ async def test_redis_tag_invalidation_reaches_another_instance(
         backend_a.clear_namespace("perfkit.asgi")
         backend_a.close()
         backend_b.close()
+
+
+async def test_a_stale_hit_is_labelled_stale_in_the_same_second_as_a_fresh_one() -> None:
+    # A fractional lifetime: 2.2 s old is fresh (ttl=0), 2.7 s old is stale (ttl=-1); both
+    # have the same whole age, and int(ttl - age) is 0 for both.
+    clock = Clock()
+    _app, mw = cached(clock=clock, default_ttl=2.5, stale_while_revalidate=30)
+    async with client(mw) as c:
+        await c.get("/headers")
+        clock.now += 2.2
+        fresh = await c.get("/headers")
+        clock.now += 0.5
+        stale = await c.get("/headers")
+        await mw.drain()
+    assert fresh.headers["cache-status"] == "perfkit; hit; ttl=0"
+    assert stale.headers["cache-status"] == "perfkit; hit; ttl=-1; detail=stale"
+    assert mw.stats["stale"] == 1

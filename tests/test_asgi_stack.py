@@ -1,5 +1,6 @@
 """The documented stack (timing > compression > cache > ETag > app) on FastAPI, and
-through a real uvicorn server on loopback."""
+through a real uvicorn server on loopback: built from the four middleware, and as one
+``MiddlewareStack`` (its own equivalence tests are in test_asgi_middleware_stack.py)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ from perfkit.asgi import (
     TimingMiddleware,
     metrics_app,
 )
+from perfkit.asgi.stack import MiddlewareStack
 
 ROWS = [{"id": i, "name": f"row {i}", "tags": ["a", "b"]} for i in range(60)]
 
 
 def build(registry: Registry, compression: Any = CompressionMiddleware,
-          events_gap: float = 0.0) -> tuple[FastAPI, Counter[str]]:
+          events_gap: float = 0.0, stacked: bool = False) -> tuple[Any, Counter[str]]:
     calls: Counter[str] = Counter()
     background_done: list[str] = []
     app = FastAPI()
@@ -65,6 +67,9 @@ def build(registry: Registry, compression: Any = CompressionMiddleware,
         return {"n": len(background_done)}
 
     app.add_route("/metrics", metrics_app(registry))
+    if stacked:
+        return MiddlewareStack(app, timing={"registry": registry},
+                               cache={"backend": MemoryBackend(maxsize=100)}), calls
     # Innermost first: add_middleware wraps the current stack.
     app.add_middleware(ETagMiddleware)
     app.add_middleware(ResponseCacheMiddleware, backend=MemoryBackend(maxsize=100))
@@ -77,9 +82,14 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
-async def test_gzip_client_then_identity_client_through_the_stack() -> None:
+@pytest.fixture(params=["layers", "MiddlewareStack"])
+def stacked(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param == "MiddlewareStack")
+
+
+async def test_gzip_client_then_identity_client_through_the_stack(stacked: bool) -> None:
     reg = Registry(process_metrics=False)
-    app, calls = build(reg)
+    app, calls = build(reg, stacked=stacked)
     async with client(app) as c:
         gz = await c.get("/rows/1", headers={"accept-encoding": "gzip"})
         plain = await c.get("/rows/1", headers={"accept-encoding": "identity"})
@@ -119,9 +129,9 @@ async def test_starlette_gzip_in_the_stack_keeps_the_cache_safe_but_not_the_etag
     assert gz.headers["etag"] == plain.headers["etag"]
 
 
-async def test_streams_pass_through_the_stack_uncached_and_uncompressed() -> None:
+async def test_streams_pass_through_the_stack_uncached_and_uncompressed(stacked: bool) -> None:
     reg = Registry(process_metrics=False)
-    app, _ = build(reg)
+    app, _ = build(reg, stacked=stacked)
     async with client(app) as c:
         r = await c.get("/events", headers={"accept-encoding": "gzip"})
     assert r.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
@@ -139,9 +149,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server() -> Iterator[str]:
+def server(stacked: bool) -> Iterator[str]:
     reg = Registry(process_metrics=False)
-    app, _ = build(reg, events_gap=0.3)
+    app, _ = build(reg, events_gap=0.3, stacked=stacked)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             lifespan="on")

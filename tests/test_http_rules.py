@@ -15,7 +15,9 @@ from perfkit.http_rules import (
     StoreReason,
     accept_encoding_key,
     acceptable_codings,
+    available_etag_function,
     cache_control_seconds,
+    etag_function,
     evaluate_preconditions,
     format_cache_control,
     format_http_date,
@@ -406,3 +408,19 @@ def test_freshness_precedence(
 ) -> None:
     assert freshness_lifetime(parse_cache_control(cc), expires=expires, date=date,
                               default=default, now=0.0) == lifetime
+
+
+def test_the_default_etag_is_xxh3_128_of_the_body() -> None:
+    xxhash = pytest.importorskip("xxhash")
+    body = b'{"id": 1}' * 200
+    assert make_etag(body) == f'"{xxhash.xxh3_128_hexdigest(body)}"'
+    assert etag_function()(body) == make_etag(body, "xxh3")
+
+
+def test_without_xxhash_the_default_names_the_fix_and_side_etags_fall_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # import xxhash now raises ImportError
+    with pytest.raises(ImportError, match=r"algorithm='sha256'"):
+        etag_function()
+    assert available_etag_function()(b"abc") == make_etag(b"abc", "sha256")

@@ -12,7 +12,8 @@ them innermost first: ETag, then the cache, then compression, then timing)::
 
 Another order is not unsafe (the cache keys encoded bodies by the negotiated coding), only
 slower: a cache outside compression stores one variant per coding and compresses nothing
-on hits.
+on hits. ``MiddlewareStack(app)`` builds exactly this order as one app, and serves plain
+pass-through responses in one pass instead of four.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from perfkit.asgi.conditional import conditional
 from perfkit.asgi.etag import ETagMiddleware
 from perfkit.asgi.response_cache import ResponseCacheMiddleware
 from perfkit.asgi.sql import SQLMonitorMiddleware
+from perfkit.asgi.stack import MiddlewareStack
 from perfkit.asgi.timing import TimingMiddleware, metrics_app
 from perfkit.spans import span
 
 __all__ = [
     "CompressionMiddleware",
     "ETagMiddleware",
+    "MiddlewareStack",
     "ResponseCacheMiddleware",
     "SQLMonitorMiddleware",
     "TimingMiddleware",

@@ -46,7 +46,6 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     empty_body,
-    is_conditional,
     request_headers,
     route_template,
 )
@@ -57,10 +56,10 @@ from perfkit.http_rules import (
     RequestConditions,
     StoreReason,
     accept_encoding_key,
+    available_etag_function,
     cache_control_seconds,
     evaluate_preconditions,
     freshness_lifetime,
-    make_etag,
     not_modified_headers,
     parse_cache_control,
     parse_http_date,
@@ -77,7 +76,9 @@ _NOT_STORED = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"age", b"cache-status",
      b"date", b"server-timing", b"x-response-time", b"set-cookie"}
 )
-_UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SCOPE_PLAN = "perfkit.cache_plan"
+"""Scope key where :func:`perfkit.asgi.stack` leaves a plan it decided for this layer."""
 _DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
                               b"last-modified", b"content-encoding"})
 _LOCK_POLL = 0.025  # seconds between looks for another process's entry
@@ -102,7 +103,7 @@ class _Entry:
     tags: tuple[str, ...] = ()
     # The hit headers for one (age, remaining ttl) second: a local backend hands out the
     # same entry object, so consecutive hits reuse them instead of formatting them again.
-    answer: tuple[tuple[int, int, bytes], tuple[tuple[bytes, bytes], ...]] | None = field(
+    answer: tuple[int, int, bytes, tuple[tuple[bytes, bytes], ...]] | None = field(
         default=None, repr=False)
 
     def __sizeof__(self) -> int:
@@ -153,6 +154,11 @@ class _Request:
     query: str
     headers: dict[bytes, bytes]  # lower-case names, repeated lines joined with ", "
     principal: str
+
+
+# Plans (see ResponseCacheMiddleware.plan): a lookup is (headers, record key, record).
+_UNREAD = object()  # a lookup's record, still to be read from a remote backend
+_UNSAFE_PLAN = object()  # a plan: POST/PUT/PATCH/DELETE, invalidate on success
 
 
 class ResponseCacheMiddleware:
@@ -242,13 +248,15 @@ class ResponseCacheMiddleware:
         self._logs: dict[str, tuple[float, list[list[Any]]]] = {
             "p": (-1e18, []), "t": (-1e18, [])}
         self._tagged: dict[str, bytes] = {}  # Cache-Status text -> header value
-        self._passes: dict[str, tuple[str, str]] = {}  # reason -> stat, Cache-Status text
+        self._passes: dict[str, tuple[str, bytes | None]] = {}  # reason -> stat, header
         self._status_name = cache_status.encode() if cache_status is not None else b""
         self._refresh_failed = False
         self._refreshing: set[tuple[Any, ...]] = set()  # stale entries being revalidated
         self._tasks: set[asyncio.Task[None]] = set()
         self._local = backend.is_local  # store _Entry objects as they are, no encoding
         self._backend_down = False
+        self._digest = available_etag_function()  # for stored 200s without an ETag
+        self._hosts: dict[bytes, str] = {}  # Host header -> lower-case text
 
     # -- public API ------------------------------------------------------------------------
     async def invalidate(self, path: str | None = None, *, tags: Iterable[str] = ()) -> None:
@@ -284,55 +292,38 @@ class ResponseCacheMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method: str = scope["method"]
-        if method in _UNSAFE:
-            await self._unsafe(scope, receive, send)
-            return
-        headers = request_headers(scope)
-        reason = None
-        if (method != "GET" and method != "HEAD") or (
-            b"authorization" in headers or b"cookie" in headers or b"cache-control" in headers
-        ):
-            reason = request_bypass_reason(
-                method,
-                has_authorization=b"authorization" in headers,
-                has_cookie=b"cookie" in headers,
-                request_cache_control=_text(headers.get(b"cache-control")),
-                principal_keyed=self.key_principal is not None,
-            )
-        if reason is None and self.allowed_hosts is not None and (
-            headers.get(b"host", b"").decode("latin-1").lower().partition(":")[0]
-            not in self.allowed_hosts
-        ):
-            reason = StoreReason.HOST
-        if reason is not None:
-            fwd = "method" if reason is StoreReason.METHOD else "bypass"
-            await self._pass(scope, receive, send, f"fwd={fwd}; detail={reason.value}",
-                             f"bypass:{reason.value}")
-            return
-
-        path: str = scope["path"]
-        record_key = (self.namespace, "v", path)
-        if self._local:
-            try:
-                record = self.backend.get(record_key)
-            except BackendError as exc:
-                record = self._backend_failed(exc)
+        routed = scope.pop(SCOPE_PLAN, None)
+        if routed is not None and routed[0] is self:
+            plan = routed[1]  # decided by perfkit.asgi.stack, which runs before this layer
         else:
-            record = await self._get(record_key)
-        if record.__class__ is dict and "pass" in record:
-            if record.get("until", 0.0) > self.clock():
-                # Hit-for-pass: this path just answered with something not storable.
-                await self._hit_for_pass(scope, receive, send, record["pass"])
-                return
-            record = None
-        request = self._request(scope, headers)
+            plan = self._plan(scope, request_headers(scope))
+            if plan.__class__ is tuple and plan[2] is _UNREAD:
+                plan = self._resolve(plan, await self._get(plan[1]))
+        if plan.__class__ is not tuple:
+            if plan is _UNSAFE_PLAN:
+                await self._unsafe(scope, receive, send)
+            else:
+                await self._pass(scope, receive, send, plan)
+            return
+        method: str = scope["method"]
+        headers, record_key, record = plan
+        path: str = scope["path"]
+        request = None
         if record.__class__ is dict:
-            key = self._key(request, record.get("gen", ""), tuple(record.get("vary", ())))
+            vary = record.get("vary")
+            if (not vary and self._local and self.key_principal is None
+                    and not scope.get("query_string")):
+                # What _key(_request(...)) gives here, without building the request.
+                key: tuple[Any, ...] | None = (
+                    self.namespace, "e", record.get("gen", ""), scope.get("scheme", "http"),
+                    self._host(headers), path, "", "")
+            else:
+                request = self._request(scope, headers)
+                key = self._key(request, record.get("gen", ""), tuple(vary) if vary else ())
             if key is None:
                 reason = StoreReason.VARY_TOO_LONG
-                await self._pass(scope, receive, send, f"fwd=bypass; detail={reason.value}",
-                                 f"bypass:{reason.value}")
+                await self._pass(scope, receive, send, self._pass_tag(
+                    f"fwd=bypass; detail={reason.value}", f"bypass:{reason.value}"))
                 return
             read_at, prefixes = self._logs["p"]
             if time.monotonic() - read_at >= _LOG_REFRESH:
@@ -358,39 +349,109 @@ class ResponseCacheMiddleware:
                             stats["hit"] = stats.get("hit", 0) + 1
                         else:
                             stats["stale"] = stats.get("stale", 0) + 1
-                            self._revalidate(scope, request, record, key)
+                            self._revalidate(scope, request or self._request(scope, headers),
+                                             record, key)
                         start, body = self._answer(entry, scope, None, headers, age)
                         await send(start)
                         await send(body)
                         return
         self._count("miss")
         if method == "HEAD":  # a HEAD never populates the GET entry
-            await self._pass(scope, receive, send, "fwd=miss", None)
+            await self._pass(scope, receive, send, self._pass_tag("fwd=miss", None))
             return
-        await self._miss(scope, receive, send, request, record)
+        await self._miss(scope, receive, send, request or self._request(scope, headers), record)
 
-    def _pass(self, scope: Scope, receive: Receive, send: Send, text: str,
-              stat: str | None) -> Awaitable[None]:
-        """Run the app untouched but for the Cache-Status header; count ``stat``."""
+    async def plan(self, scope: Scope) -> Any:
+        """What an HTTP request needs, decided from the request alone.
+
+        ``None`` or a ``Cache-Status`` header value (bytes): run the app and only tag the
+        response (a bypass, or hit-for-pass; the reason is already counted). Otherwise an
+        internal plan (a lookup, or an unsafe method's invalidation) for ``__call__``.
+        :func:`perfkit.asgi.stack` uses it to serve pass-through requests in one layer.
+        """
+        plan = self._plan(scope, request_headers(scope))
+        if plan.__class__ is tuple and plan[2] is _UNREAD:
+            plan = self._resolve(plan, await self._get(plan[1]))
+        return plan
+
+    def _plan(self, scope: Scope, headers: dict[bytes, bytes]) -> Any:
+        """:meth:`plan`, with the path's record read here only from a local backend."""
+        method: str = scope["method"]
+        if method in _UNSAFE:
+            return _UNSAFE_PLAN
+        reason = None
+        if (method != "GET" and method != "HEAD") or (
+            b"authorization" in headers or b"cookie" in headers or b"cache-control" in headers
+        ):
+            reason = request_bypass_reason(
+                method,
+                has_authorization=b"authorization" in headers,
+                has_cookie=b"cookie" in headers,
+                request_cache_control=_text(headers.get(b"cache-control")),
+                principal_keyed=self.key_principal is not None,
+            )
+        if reason is None and self.allowed_hosts is not None and (
+            headers.get(b"host", b"").decode("latin-1").lower().partition(":")[0]
+            not in self.allowed_hosts
+        ):
+            reason = StoreReason.HOST
+        if reason is not None:
+            fwd = "method" if reason is StoreReason.METHOD else "bypass"
+            return self._pass_tag(f"fwd={fwd}; detail={reason.value}", f"bypass:{reason.value}")
+        record_key = (self.namespace, "v", scope["path"])
+        if not self._local:  # the caller awaits the record, then calls _resolve
+            return headers, record_key, _UNREAD
+        try:
+            record = self.backend.get(record_key)
+        except BackendError as exc:
+            record = self._backend_failed(exc)
+        if record.__class__ is dict and "pass" in record:
+            if record.get("until", 0.0) > self.clock():
+                return self._hit_for_pass(record["pass"])  # see _resolve
+            record = None
+        return headers, record_key, record
+
+    def _resolve(self, plan: tuple[Any, ...], record: Any) -> Any:
+        """The plan once the path's record is read: a lookup, or hit-for-pass's tag."""
+        if record.__class__ is dict and "pass" in record:
+            if record.get("until", 0.0) > self.clock():
+                # Hit-for-pass: this path just answered with something not storable.
+                return self._hit_for_pass(record["pass"])
+            record = None
+        return plan[0], plan[1], record
+
+    def _pass_tag(self, text: str, stat: str | None) -> bytes | None:
+        """Count ``stat``; the ``Cache-Status`` value for a response passed through."""
         if stat is not None:
             self._count(stat)
         if self.cache_status is None:
-            return self.app(scope, receive, send)
+            return None
         value = self._tagged.get(text)
         if value is None:
             value = f"{self.cache_status}; {text}".encode()
             if len(self._tagged) < 256:  # a few dozen reason texts exist: bounded anyway
                 self._tagged[text] = value
-        return self.app(scope, receive, _Tagger(send, value).send)
+        return value
 
-    def _hit_for_pass(self, scope: Scope, receive: Receive, send: Send,
-                      detail: str) -> Awaitable[None]:
+    def _pass(self, scope: Scope, receive: Receive, send: Send,
+              tag: bytes | None) -> Awaitable[None]:
+        """Run the app untouched but for the ``Cache-Status`` header ``tag``."""
+        if tag is None:
+            return self.app(scope, receive, send)
+        return self.app(scope, receive, _Tagger(send, tag).send)
+
+    def _hit_for_pass(self, detail: str) -> bytes | None:
         known = self._passes.get(detail)
         if known is None:
-            known = (f"not-stored:{detail}", f"fwd=uri-miss; detail={detail}")
+            stat = f"not-stored:{detail}"
+            self._count(stat)
+            known = (stat, self._pass_tag(f"fwd=uri-miss; detail={detail}", None))
             if len(self._passes) < 256:  # details come from a small enum: bounded anyway
                 self._passes[detail] = known
-        return self._pass(scope, receive, send, known[1], known[0])
+            return known[1]
+        stats = self.stats
+        stats[known[0]] = stats.get(known[0], 0) + 1
+        return known[1]
 
     # -- miss: single flight, store ---------------------------------------------------------
     async def _miss(self, scope: Scope, receive: Receive, send: Send, request: _Request,
@@ -603,7 +664,7 @@ class ResponseCacheMiddleware:
 
         etag = found.get(b"etag")
         if etag is None and status == 200:
-            etag = make_etag(body)
+            etag = self._digest(body)
             headers.append((b"etag", etag.encode("latin-1")))
             start["headers"] = headers
         stored_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
@@ -637,20 +698,27 @@ class ResponseCacheMiddleware:
         if entry.route is not None:
             scope[SCOPE_ROUTE] = entry.route  # so timing labels a hit with its route
         if text is None:
-            # Keyed by this middleware's status name too: two may share one backend.
-            second = (int(age), int(entry.ttl - age), self._status_name)
+            # Keyed by this middleware's status name too (by identity): two may share one
+            # backend. Fresh hits only: int(ttl - age) is 0 on both sides of the end of a
+            # fractional lifetime, and stale ones say ttl=-1 there.
+            whole, left, name = int(age), int(entry.ttl - age), self._status_name
             memo = entry.answer
-            if memo is not None and memo[0] == second:
-                out = list(memo[1])  # a copy: an outer layer may edit the list in place
+            if (memo is not None and memo[0] == whole and memo[1] == left and memo[2] is name
+                    and age < entry.ttl):
+                out = list(memo[3])  # a copy: an outer layer may edit the list in place
             else:
                 out = self._hit_headers(entry, age)
-                entry.answer = (second, tuple(out))
+                if age < entry.ttl:
+                    entry.answer = (whole, left, name, tuple(out))
         else:
             out = [*entry.headers, (b"age", b"%d" % age if age > 0 else b"0")]
             if self.cache_status is not None:
                 out.append((b"cache-status", f"{self.cache_status}; {text}".encode()))
         method = scope["method"]
-        if 200 <= entry.status < 300 and is_conditional(headers):
+        if 200 <= entry.status < 300 and (  # is_conditional(), inline: once per hit
+            b"if-none-match" in headers or b"if-modified-since" in headers
+            or b"if-match" in headers or b"if-unmodified-since" in headers
+        ):
             conditions = RequestConditions.from_asgi(scope["headers"])
             outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
             if outcome is Precondition.NOT_MODIFIED:
@@ -751,7 +819,8 @@ class ResponseCacheMiddleware:
 
     # -- helpers -----------------------------------------------------------------------------
     def _request(self, scope: Scope, headers: dict[bytes, bytes]) -> _Request:
-        query = scope.get("query_string", b"").decode("latin-1")
+        raw_query = scope.get("query_string")
+        query = raw_query.decode("latin-1") if raw_query else ""
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
             if self.ignore_query_params:
@@ -763,9 +832,17 @@ class ResponseCacheMiddleware:
             who = self.key_principal(scope)
             principal = "-" if who is None else hmac.new(
                 self._secret, who.encode(), hashlib.sha256).hexdigest()
-        host = headers.get(b"host", b"").decode("latin-1").lower()
-        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"), host, query,
-                        headers, principal)
+        return _Request(scope["method"], scope["path"], scope.get("scheme", "http"),
+                        self._host(headers), query, headers, principal)
+
+    def _host(self, headers: dict[bytes, bytes]) -> str:
+        raw = headers.get(b"host", b"")
+        host = self._hosts.get(raw)
+        if host is None:
+            host = raw.decode("latin-1").lower()
+            if len(self._hosts) < 64:  # a service answers to a few names; not a cache of them
+                self._hosts[raw] = host
+        return host
 
     def _key(self, request: _Request, gen: str,
              vary: tuple[str, ...]) -> tuple[Any, ...] | None:

@@ -97,38 +97,44 @@ class TimingMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exclude_paths:
             await self.app(scope, receive, send)
             return
-        gate = self.server_timing
         timer = _Timer(self.clock, send, receive, self.response_time_header)
+        token = self.begin(scope, timer)
+        try:
+            await self.app(scope, timer.receive, timer.send)
+        except BaseException:
+            timer.failed()
+            raise
+        finally:
+            self.end(scope, timer, token)
+
+    def begin(self, scope: Scope, timer: _Timer) -> Any:
+        """Start timing a request: in-flight gauge up, spans collected if enabled."""
+        gate = self.server_timing
         token = None
         if gate is not False and (gate is True or (callable(gate) and gate(scope))):
             timer.spans, token = collect()
         self._started()
-        try:
-            await self.app(scope, timer.receive, timer.send)
-        except BaseException:
-            if timer.finished is None:
-                timer.status = 499 if timer.disconnected else 500
-            raise
-        finally:
-            self._ended()
-            if token is not None:
-                stop(token)
-            finished = timer.finished
-            if finished is None:
-                if timer.disconnected:
-                    timer.status = 499
-                finished = self.clock()
-            self._record(scope, timer.status, finished - timer.began, timer.ttfb)
+        return token
 
-    def _record(self, scope: Scope, status: int, duration: float, ttfb: float | None) -> None:
-        method: str = scope["method"]
+    def end(self, scope: Scope, timer: _Timer, token: Any) -> None:
+        """Record a request :meth:`begin` started, however it ended."""
+        self._ended()
+        if token is not None:
+            stop(token)
+        finished = timer.finished
+        if finished is None:
+            if timer.disconnected:
+                timer.status = 499
+            finished = self.clock()
+        status = timer.status
         route = route_template(scope) or UNMATCHED
-        key = (method, route, status)
+        key = (scope["method"], route, status)
         series = self._series.get(key)
         if series is None:
             series = self._new_series(key)
         series[0]()
-        series[1](duration)
+        series[1](finished - timer.began)
+        ttfb = timer.ttfb
         if ttfb is not None and series[2] is not None:
             series[2](ttfb)
 
@@ -164,6 +170,11 @@ class _Timer:
         self.finished: float | None = None
         self.disconnected = False
         self.began = clock()
+
+    def failed(self) -> None:
+        """The app raised: a 500, or a 499 if the client had gone."""
+        if self.finished is None:
+            self.status = 499 if self.disconnected else 500
 
     async def receive(self) -> Message:
         message = await self.upstream()
