@@ -425,3 +425,22 @@ async def test_validator_returning_a_malformed_tag_is_a_clear_error() -> None:
     async with client(app) as c:
         with pytest.raises(ValueError, match="etag validator"):
             await c.get("/")
+
+
+@pytest.mark.parametrize(("names", "expected"), [
+    ([b"host", b"accept"], False),
+    ([b"host", b"If-None-Match"], True),
+    ([b"IF-MODIFIED-SINCE"], True),
+    ([b"iF-mAtCh"], True),
+    ([b"if-unmodified-since"], True),
+    ([b"if-range", b"x-if-none-match"], False),
+])
+def test_preconditions_are_found_in_any_case_with_or_without_the_shared_map(
+    names: list[bytes], expected: bool
+) -> None:
+    from perfkit.asgi._asgi import has_preconditions, request_headers
+
+    scope = {"headers": [(name, b'"x"') for name in names]}
+    assert has_preconditions(scope) is expected
+    request_headers(scope)  # an outer layer built the map: the answer comes from it
+    assert has_preconditions(scope) is expected

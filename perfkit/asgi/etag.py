@@ -23,8 +23,7 @@ from perfkit.asgi._asgi import (
     Send,
     content_length,
     empty_body,
-    is_conditional,
-    request_headers,
+    has_preconditions,
 )
 from perfkit.http_rules import (
     EtagAlgorithm,
@@ -83,7 +82,7 @@ class _Responder:
         self.state = _PASS
         self.held: Message = _NOTHING
         self.conditions: RequestConditions | None = None
-        if is_conditional(request_headers(scope)):
+        if has_preconditions(scope):
             conditions = RequestConditions.from_asgi(scope["headers"])
             if conditions.any:
                 self.conditions = conditions
