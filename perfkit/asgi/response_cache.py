@@ -156,7 +156,7 @@ class _Request:
     principal: str
 
 
-# Plans (see ResponseCacheMiddleware.plan): a lookup is (headers, record key, record).
+# Plans (see ResponseCacheMiddleware._plan): a lookup is (headers, record key, record).
 _UNREAD = object()  # a lookup's record, still to be read from a remote backend
 _UNSAFE_PLAN = object()  # a plan: POST/PUT/PATCH/DELETE, invalidate on success
 
@@ -361,21 +361,16 @@ class ResponseCacheMiddleware:
             return
         await self._miss(scope, receive, send, request or self._request(scope, headers), record)
 
-    async def plan(self, scope: Scope) -> Any:
+    def _plan(self, scope: Scope, headers: dict[bytes, bytes]) -> Any:
         """What an HTTP request needs, decided from the request alone.
 
         ``None`` or a ``Cache-Status`` header value (bytes): run the app and only tag the
-        response (a bypass, or hit-for-pass; the reason is already counted). Otherwise an
-        internal plan (a lookup, or an unsafe method's invalidation) for ``__call__``.
-        :func:`perfkit.asgi.stack` uses it to serve pass-through requests in one layer.
+        response (a bypass, or hit-for-pass; the reason is already counted). A tuple
+        ``(headers, record key, record)``: a lookup; from a remote backend the record is
+        still ``_UNREAD``, for the caller to await and pass to :meth:`_resolve`.
+        ``_UNSAFE_PLAN``: an unsafe method, which invalidates on success.
+        :class:`perfkit.asgi.MiddlewareStack` decides with it before this layer runs.
         """
-        plan = self._plan(scope, request_headers(scope))
-        if plan.__class__ is tuple and plan[2] is _UNREAD:
-            plan = self._resolve(plan, await self._get(plan[1]))
-        return plan
-
-    def _plan(self, scope: Scope, headers: dict[bytes, bytes]) -> Any:
-        """:meth:`plan`, with the path's record read here only from a local backend."""
         method: str = scope["method"]
         if method in _UNSAFE:
             return _UNSAFE_PLAN
