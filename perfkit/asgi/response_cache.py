@@ -78,7 +78,7 @@ _NOT_STORED = frozenset(
 )
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SCOPE_PLAN = "perfkit.cache_plan"
-"""Scope key where :func:`perfkit.asgi.stack` leaves a plan it decided for this layer."""
+"""Scope key where :class:`perfkit.asgi.MiddlewareStack` leaves a plan it made for this layer."""
 _DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
                               b"last-modified", b"content-encoding"})
 _LOCK_POLL = 0.025  # seconds between looks for another process's entry
