@@ -21,7 +21,8 @@ detection rate of a 3x slowdown (target 100%), "within noise" verdicts (passes, 
 measured runs, and the load average (1 min) seen at the start of the cell's sessions.
 
 ``--dump PATH`` writes one JSON line per judged test (its per-run times and machine
-factors), so a verdict policy can be studied after the fact.
+factors), so a verdict policy can be studied after the fact, and one per test of the
+calibration sessions (``"calibration": true``), so a replayed policy can set its own budgets.
 
 Modes: ``default`` (absolute budgets, CPU waits excluded, speed check on), ``calibrated``
 (budgets in reference-machine time, each run divided by the reference beside it,
@@ -262,7 +263,7 @@ def session(directory: Path, budgets: dict[str, float], cell: Cell,
 
 
 def measure_in_sessions(directory: Path, modes: list[str], count: int, *,
-                        verbose: bool) -> dict[str, dict[str, float]]:
+                        verbose: bool, dump: Any = None) -> dict[str, dict[str, float]]:
     """Budgets from ``count`` calibration pytest sessions per mode (unchanged code, machine
     as is), measured exactly as the plugin measures a test it judges: every test gets a
     budget so small that it is re-run the full number of confirm runs (those sessions'
@@ -277,6 +278,11 @@ def measure_in_sessions(directory: Path, modes: list[str], count: int, *,
         for _ in range(count):
             document = run_session(directory, tiny, mode, 1, False)
             for test in document["tests"]:
+                if dump is not None:  # so a policy can be replayed with its own budgets
+                    dump.write(json.dumps({"calibration": True, "mode": mode,
+                                           "test": _name(test),
+                                           "scale": test.get("scale") or 1.0,
+                                           "latency": test["latency"]}) + "\n")
                 # Calibrated mode: budgets are in reference-machine units (divided by the
                 # scale the plugin judged this test with, which it multiplies back).
                 values[_name(test)].append(test["latency"]["judged"] / (test.get("scale") or 1.0))
@@ -344,12 +350,12 @@ def main() -> None:
         (directory / "test_trust.py").write_text(TESTS)
         (directory / "pytest.ini").write_text("[pytest]\n")
         print(f"load average at start: {os.getloadavg()}")
+        dump = open(args.dump, "w", encoding="utf-8") if args.dump else None  # noqa: SIM115
         if args.budgets == "sessions":
             budgets = measure_in_sessions(directory, modes, args.calibration_sessions,
-                                          verbose=True)
+                                          verbose=True, dump=dump)
         else:
             budgets = make_budgets(directory, modes, verbose=True)
-        dump = open(args.dump, "w", encoding="utf-8") if args.dump else None  # noqa: SIM115
         cells = [Cell(mode, slowdown, noisy) for mode in modes for slowdown in (1, 3)
                  for noisy in (False, True)]
         started = time.monotonic()

@@ -26,7 +26,7 @@ from perfkit.measure import (
     parse_duration,
     parse_size,
 )
-from perfkit.measure.calibrate import MIN_FACTOR, MachineSpeed, normalise
+from perfkit.measure.calibrate import MIN_FACTOR, MachineSpeed, alu_workload, normalise, sample_alu
 from perfkit.measure.runs import TimedRuns
 from perfkit.measure.timing import Timing
 from pytest_perfkit.verdicts import MAX_NOISE_BAND, timed_result
@@ -212,6 +212,53 @@ def test_timed_runs_against_the_session_or_against_a_fixed_reference() -> None:
     off = TimedRuns(lambda t: t.own, None, reference=0.0016)
     off.add(_cpu_timing(0.030))
     assert off.factors() == [1.0]
+
+
+def test_in_reference_machine_time_only_slowness_both_references_see_is_excused() -> None:
+    # A moment where the mixed reference ran 2.1x its reference-machine time while the
+    # arithmetic one ran 1.75x (the loop beside it): the run is divided by 1.75, not 2.1.
+    # Then a moment where the arithmetic reference read slower than the mixed one: the
+    # mixed one decides (a second reference never excuses more than the first).
+    alu_samples = [0.00175, 0.00175, 0.0020]
+    runs = TimedRuns(lambda t: t.own, _Speed(0.0016, [0.0021, 0.0010]),
+                     reference=0.001, alu_reference=0.001, alu=lambda: alu_samples.pop(0))
+    runs.lead(0.0021, alu_samples.pop(0))
+    runs.add(_cpu_timing(0.035))
+    runs.check_speed()
+    runs.add(_cpu_timing(0.020))
+    runs.check_speed()
+    assert runs.reference_factors() == pytest.approx([2.1, 1.55])
+    assert runs.factors() == pytest.approx([1.75, 1.55])  # 1.55 < (1.75 + 2.0) / 2
+    assert runs.samples("latency") == pytest.approx([0.020, 0.020 / 1.55])
+    assert len(runs.alu_references) == len(runs.references) == 3
+    summary = runs.summary(cpu_wait_excluded=True)
+    assert summary["factors"] == pytest.approx([1.75, 1.55])
+    assert summary["reference_factors"] == pytest.approx([2.1, 1.55])
+    assert summary["alu_factors"] == pytest.approx([1.75, 1.875])
+    # Without the arithmetic reference the same samples excuse the first run by 2.1.
+    alone = TimedRuns(lambda t: t.own, _Speed(0.0016, [0.0021]), reference=0.001)
+    alone.lead(0.0021)
+    alone.add(_cpu_timing(0.035))
+    alone.check_speed()
+    assert alone.factors() == pytest.approx([2.1]) and alone.alu_factors() == []
+
+
+def test_the_arithmetic_reference_needs_a_fixed_reference_and_a_sample_beside_the_lead(
+) -> None:
+    with pytest.raises(ValueError, match="alu_reference"):
+        TimedRuns(lambda t: t.own, _Speed(0.0016, []), alu_reference=0.001)
+    runs = TimedRuns(lambda t: t.own, _Speed(0.0016, []), reference=0.001,
+                     alu_reference=0.001)
+    with pytest.raises(ValueError, match="alu sample"):
+        runs.lead(0.0016)
+    plain = TimedRuns(lambda t: t.own, _Speed(0.0016, []), reference=0.001)
+    with pytest.raises(ValueError, match="alu sample"):
+        plain.lead(0.0016, 0.001)
+
+
+def test_the_arithmetic_reference_is_short_and_deterministic() -> None:
+    assert alu_workload() == alu_workload()
+    assert 0 < sample_alu() < 0.05  # ~1 ms here; wide: a shared machine
 
 
 def test_machine_speed_factor_against_its_typical_time() -> None:

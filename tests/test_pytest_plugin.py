@@ -579,6 +579,43 @@ def test_calibrated_budgets_judge_each_run_on_the_reference_machine(run, pyteste
     assert "times on the reference machine" in slow["results"][0]["detail"]
 
 
+def test_calibrated_budgets_excuse_only_slowness_both_references_see(run, pytester) -> None:
+    # The mixed reference workload runs 4x slower during the test (as when it alone met a
+    # slow moment for memory-leaning work) while the arithmetic reference does not: 80 ms
+    # of CPU divided by the mixed reference alone (x4 or more) would pass a 20 ms budget;
+    # divided by the smaller factor (the arithmetic one, ~1-2 here) it fails.
+    pytester.makeconftest("""
+        import importlib, pytest
+
+        calibration = importlib.import_module("perfkit.measure.calibrate")
+        REAL = calibration.reference_workload
+
+        def slow_reference():
+            for _ in range(4):
+                REAL()
+
+        @pytest.fixture(autouse=True)
+        def mixed_reference_slow(monkeypatch):
+            monkeypatch.setattr(calibration, "reference_workload", slow_reference)
+    """)
+    result = run("""
+        import time, pytest
+
+        def spin(seconds):
+            end = time.process_time() + seconds
+            while time.process_time() < end:
+                pass
+
+        @pytest.mark.perf_budget(latency="20ms")
+        def test_slow_code():
+            spin(0.08)
+    """, "--perf-budget", "--perf-budget-calibrate=true", "--perf-report=perf.json")
+    result.assert_outcomes(failed=1)
+    latency = by_test(report_json(pytester))["test_slow_code"]["latency"]
+    assert min(latency["reference_factors"]) > 3.5  # the mixed reference alone: x4+
+    assert max(latency["factors"]) < 3.5  # the arithmetic one decided
+
+
 @pytest.mark.parametrize(("borderline", "runs"), [(None, 8), ("0", 4)])
 def test_a_borderline_verdict_gets_more_runs_before_it_is_judged(
         run, pytester, borderline, runs) -> None:

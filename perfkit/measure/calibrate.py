@@ -34,12 +34,15 @@ from dataclasses import dataclass, field
 from perfkit.measure.timing import CallTimer
 
 __all__ = [
+    "ALU_REFERENCE_SECONDS",
     "REFERENCE_SECONDS",
     "Calibration",
     "MachineSpeed",
+    "alu_workload",
     "calibrate",
     "normalise",
     "reference_workload",
+    "sample_alu",
     "sample_reference",
     "time_reference",
 ]
@@ -47,6 +50,13 @@ __all__ = [
 #: Typical (median) time of :func:`reference_workload` on the reference machine (the
 #: project's CI runner, CPython 3.11). A factor of 2.0 means this machine ran it twice as slowly.
 REFERENCE_SECONDS = 0.0016
+
+#: Typical time of :func:`alu_workload` on the reference machine, set so that on this
+#: project's VM its factor agrees with :data:`REFERENCE_SECONDS`' when the vCPU runs at its
+#: slow speed (0.88 ms beside 1.6 ms x 1.9); at the fast speed it reads ~1.1 where the mixed
+#: reference reads 1.0, so there the mixed reference decides (see :meth:`TimedRuns.factors
+#: <perfkit.measure.runs.TimedRuns.factors>`).
+ALU_REFERENCE_SECONDS = 0.00088
 
 #: How far one moment's factor may go below 1 (the machine faster than typical). Beyond it
 #: a lucky reference run would inflate the test's normalised time.
@@ -64,6 +74,26 @@ def reference_workload() -> int:
     total += sum(len(v) for v in table.values())
     words = ["perf", "kit", "budget"] * 500
     total += len("-".join(words))
+    return total
+
+
+def alu_workload() -> int:
+    """Small-integer arithmetic and branches only (~0.9 ms): no dict, no string, no list.
+
+    The second reference of budgets in reference-machine time. The mixed workload above
+    leans on memory more than tight arithmetic does, and at some moments it ran 2.1x its
+    time while a pure-Python loop beside it ran 1.75x; only the slowness both see is
+    excused.
+    """
+    total = 0
+    for i in range(400):
+        a = i
+        for j in range(25):
+            a = (a * 3 + j) & 1023
+            if a > 512:
+                total += a - j
+            else:
+                total -= j
     return total
 
 
@@ -97,6 +127,18 @@ def sample_reference() -> float:
     """
     reference_workload()
     return min(time_reference(), time_reference())
+
+
+def sample_alu() -> float:
+    """:func:`alu_workload`'s time now: the better of two timed runs (no warm-up: it allocates
+    nothing, and is taken right beside a mixed reference sample)."""
+    def once() -> float:
+        timer = CallTimer(collect=False)
+        with timer:
+            alu_workload()
+        return timer.timing.own
+
+    return min(once(), once())
 
 
 def calibrate(runs: int = 8) -> Calibration:

@@ -8,6 +8,11 @@ and its judged time is its ``own`` time (GC pauses and run-queue waits out) with
 CPU part divided by that factor (:func:`~perfkit.measure.calibrate.normalise`). The
 statistic judged is the median over runs: budgets are written against a test's typical
 time, and judging the minimum against them let real slowdowns through.
+
+With a second, arithmetic-only reference (``alu_reference=``, budgets in reference-machine
+time only), every sample of the mixed reference has a
+:func:`~perfkit.measure.calibrate.sample_alu` beside it, and a run's factor is the smaller
+of the two references' factors: only slowness both workloads see is excused.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from perfkit.measure.calibrate import MachineSpeed, normalise
+from perfkit.measure.calibrate import MachineSpeed, normalise, sample_alu
 from perfkit.measure.timing import Timing
 
 __all__ = ["TimedRuns"]
@@ -30,23 +35,34 @@ class TimedRuns:
     """
 
     def __init__(self, latency: Callable[[Timing], float], speed: MachineSpeed | None,
-                 *, reference: float | None = None) -> None:
+                 *, reference: float | None = None, alu_reference: float | None = None,
+                 alu: Callable[[], float] = sample_alu) -> None:
+        if alu_reference is not None and reference is None:
+            raise ValueError("alu_reference: only with reference (reference-machine time)")
         self._latency = latency
         self._speed = speed
         self._reference = reference
+        self._alu_reference = alu_reference
+        self._alu = alu
         self.timings: list[Timing] = []
         self.references: list[float] = []
+        self.alu_references: list[float] = []  # beside references[k], when alu_reference
         self.leading = False  # references[0] was taken right before the first run
 
     @property
     def count(self) -> int:
         return len(self.timings)
 
-    def lead(self, seconds: float) -> None:
-        """A reference sample taken right before the first run (before any :meth:`add`)."""
+    def lead(self, seconds: float, alu: float | None = None) -> None:
+        """A reference sample taken right before the first run (before any :meth:`add`);
+        ``alu``: the arithmetic reference's sample beside it (with ``alu_reference``)."""
         if self.timings or self.references:
             raise ValueError("lead(): only before the first run and the first sample")
+        if (alu is None) != (self._alu_reference is None or self._speed is None):
+            raise ValueError("lead(): an alu sample exactly when alu_reference is set")
         self.references.append(seconds)
+        if alu is not None:
+            self.alu_references.append(alu)
         self.leading = True
 
     def sampled_after_last(self) -> bool:
@@ -60,9 +76,14 @@ class TimedRuns:
         """Take one reference sample now (and more until there are ``at_least``)."""
         if self._speed is None:
             return
-        self.references.append(self._speed.sample())
+        self._sample(self._speed)
         while len(self.references) < at_least:
-            self.references.append(self._speed.sample())
+            self._sample(self._speed)
+
+    def _sample(self, speed: MachineSpeed) -> None:
+        self.references.append(speed.sample())
+        if self._alu_reference is not None:
+            self.alu_references.append(self._alu())
 
     def factors(self) -> list[float]:
         """Per run: how much slower than typical the machine ran (the reference beside it).
@@ -72,22 +93,45 @@ class TimedRuns:
         is not bounded below: a run is then expressed on the reference machine, whatever
         speed this process started at. Before any sample is taken beside a run, the
         session's typical time stands in.
+
+        With ``alu_reference`` too, the factor is the smaller of the mixed reference's and
+        the arithmetic reference's (each the mean of its samples around the run): only
+        slowness both see is excused.
         """
+        factors = self.reference_factors()
+        alu = self.alu_factors()
+        if alu:
+            factors = [min(f, g) for f, g in zip(factors, alu, strict=True)]
+        return factors
+
+    def alu_factors(self) -> list[float]:
+        """Per run: the arithmetic reference's factor alone (empty without it)."""
+        if self._alu_reference is None or not self.alu_references:
+            return []
+        return self._around(self.alu_references, self._alu_reference)
+
+    def reference_factors(self) -> list[float]:
+        """Per run: the mixed reference's factor alone (:meth:`factors` without the
+        arithmetic reference)."""
         if self._speed is None:
             return [1.0] * self.count
         if not self.references:
             if self._reference is None:
                 return [1.0] * self.count
             return [self._speed.typical() / self._reference] * self.count
+        if self._reference is not None:
+            return self._around(self.references, self._reference)
+        return [self._speed.factor(seconds) for seconds in self._around(self.references, 1.0)]
+
+    def _around(self, samples: list[float], reference: float) -> list[float]:
+        """Per run: the mean of the samples on either side of it, over ``reference``."""
         factors = []
         for index in range(self.count):
             if self.leading:  # sample k is right before run k, sample k + 1 right after
-                around = self.references[index:index + 2] or self.references[-1:]
+                around = samples[index:index + 2] or samples[-1:]
             else:  # sample k is right after run k
-                around = self.references[max(0, index - 1):index + 1] or self.references[-1:]
-            seconds = statistics.fmean(around)
-            factors.append(seconds / self._reference if self._reference is not None
-                           else self._speed.factor(seconds))
+                around = samples[max(0, index - 1):index + 1] or samples[-1:]
+            factors.append(statistics.fmean(around) / reference)
         return factors
 
     @property
@@ -128,4 +172,5 @@ class TimedRuns:
             # Per run, so a report can be re-judged (or a policy studied) after the fact.
             "samples": samples, "raw_samples": self.raw_samples("latency"),
             "cpu_samples": [t.cpu for t in self.timings], "factors": self.factors(),
+            "reference_factors": self.reference_factors(), "alu_factors": self.alu_factors(),
         }
