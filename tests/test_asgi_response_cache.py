@@ -529,33 +529,39 @@ def test_defaults_are_bounded_and_bad_arguments_are_named() -> None:
 # -- real Redis ------------------------------------------------------------------------------
 
 
-@pytest.mark.redis
-async def test_redis_backend_shares_entries_and_invalidations_between_instances(
-    redis_url: str, unique_ns: str,
-) -> None:
+@pytest.fixture
+def redis_workers(redis_url: str, unique_ns: str) -> Any:
+    """Two cache middleware instances (two workers) over one Redis namespace, one app."""
     from perfkit import RedisBackend
 
     app = App()
-    backend_a = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
-    backend_b = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
-    worker_a = ResponseCacheMiddleware(app.starlette, backend=backend_a)
-    worker_b = ResponseCacheMiddleware(app.starlette, backend=backend_b)
+    backends = [RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
+                for _ in range(2)]
+    workers = [ResponseCacheMiddleware(app.starlette, backend=b) for b in backends]
     try:
-        async with client(worker_a) as a, client(worker_b) as b:
-            first = await a.get("/custom")
-            second = await b.get("/custom")
-            await b.put("/items/1")
-            await a.get("/items/1")
-            await b.delete("/items/1")
-            after = await a.get("/items/1")
-        assert second.headers["cache-status"].startswith("perfkit; hit")
-        assert second.status_code == 203 and second.text == first.text
-        assert "stored" in after.headers["cache-status"]
-        assert app.calls["/custom"] == 1
+        yield app, workers[0], workers[1]
     finally:
-        backend_a.clear_namespace("perfkit.asgi")
-        backend_a.close()
-        backend_b.close()
+        backends[0].clear_namespace("perfkit.asgi")
+        for backend in backends:
+            backend.close()
+
+
+@pytest.mark.redis
+async def test_redis_backend_shares_entries_and_invalidations_between_instances(
+    redis_workers: Any,
+) -> None:
+    app, worker_a, worker_b = redis_workers
+    async with client(worker_a) as a, client(worker_b) as b:
+        first = await a.get("/custom")
+        second = await b.get("/custom")
+        await b.put("/items/1")
+        await a.get("/items/1")
+        await b.delete("/items/1")
+        after = await a.get("/items/1")
+    assert second.headers["cache-status"].startswith("perfkit; hit")
+    assert second.status_code == 203 and second.text == first.text
+    assert "stored" in after.headers["cache-status"]
+    assert app.calls["/custom"] == 1
 
 
 @pytest.mark.redis
@@ -850,27 +856,14 @@ async def test_tag_log_keeps_a_floor_when_trimmed_so_old_entries_stay_invalid() 
 
 
 @pytest.mark.redis
-async def test_redis_tag_invalidation_reaches_another_instance(
-    redis_url: str, unique_ns: str,
-) -> None:
-    from perfkit import RedisBackend
-
-    app = App()
-    backend_a = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
-    backend_b = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
-    worker_a = ResponseCacheMiddleware(app.starlette, backend=backend_a)
-    worker_b = ResponseCacheMiddleware(app.starlette, backend=backend_b)
-    try:
-        async with client(worker_a) as a, client(worker_b) as b:
-            await a.get("/headers", params=TAGGED)
-            await worker_a.invalidate(tags=["user:42"])
-            from_b = await b.get("/headers", params=TAGGED)
-        assert "stored" in from_b.headers["cache-status"]
-        assert app.calls["/headers"] == 2
-    finally:
-        backend_a.clear_namespace("perfkit.asgi")
-        backend_a.close()
-        backend_b.close()
+async def test_redis_tag_invalidation_reaches_another_instance(redis_workers: Any) -> None:
+    app, worker_a, worker_b = redis_workers
+    async with client(worker_a) as a, client(worker_b) as b:
+        await a.get("/headers", params=TAGGED)
+        await worker_a.invalidate(tags=["user:42"])
+        from_b = await b.get("/headers", params=TAGGED)
+    assert "stored" in from_b.headers["cache-status"]
+    assert app.calls["/headers"] == 2
 
 
 async def test_a_stale_hit_is_labelled_stale_in_the_same_second_as_a_fresh_one() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 # Imported here, once: pytester's in-process runs drop modules first imported inside an
@@ -533,27 +534,32 @@ def test_a_slow_machine_is_within_noise_but_slow_code_still_fails(run, pytester)
     assert "latency = wall time less CPU waits" in result.stdout.str()
 
 
+# A conftest preamble: the mixed reference workload made 4x slower (``slow_reference``).
+SLOW_REFERENCE = """
+import importlib, pytest
+
+calibration = importlib.import_module("perfkit.measure.calibrate")
+REAL = calibration.reference_workload
+
+def slow_reference():
+    for _ in range(4):
+        REAL()
+"""
+
+
 def test_calibrated_budgets_judge_each_run_on_the_reference_machine(run, pytester) -> None:
     # The reference workload is 4x slower while the session calibrates (a slow moment of
     # a shared VM), then back to normal for the tests. Budgets scaled once by the start
     # factor would be ~4x loose and let the 100 ms of CPU pass a 20 ms budget; judged run
     # by run against the reference machine it fails, and 5 ms still passes.
-    pytester.makeconftest("""
-        import importlib, pytest
-
-        calibration = importlib.import_module("perfkit.measure.calibrate")
-        REAL = calibration.reference_workload
-
-        def slow_reference():
-            for _ in range(4):
-                REAL()
+    pytester.makeconftest(SLOW_REFERENCE + textwrap.dedent("""
 
         calibration.reference_workload = slow_reference
 
         @pytest.fixture(autouse=True)
         def machine_back_to_normal():
             calibration.reference_workload = REAL
-    """)
+    """))
     result = run("""
         import time, pytest
 
@@ -584,20 +590,12 @@ def test_calibrated_budgets_excuse_only_slowness_both_references_see(run, pytest
     # slow moment for memory-leaning work) while the arithmetic reference does not: 80 ms
     # of CPU divided by the mixed reference alone (x4 or more) would pass a 20 ms budget;
     # divided by the smaller factor (the arithmetic one, ~1-2 here) it fails.
-    pytester.makeconftest("""
-        import importlib, pytest
-
-        calibration = importlib.import_module("perfkit.measure.calibrate")
-        REAL = calibration.reference_workload
-
-        def slow_reference():
-            for _ in range(4):
-                REAL()
+    pytester.makeconftest(SLOW_REFERENCE + textwrap.dedent("""
 
         @pytest.fixture(autouse=True)
         def mixed_reference_slow(monkeypatch):
             monkeypatch.setattr(calibration, "reference_workload", slow_reference)
-    """)
+    """))
     result = run("""
         import time, pytest
 

@@ -34,7 +34,12 @@ from perfkit.asgi._asgi import (
 from perfkit.asgi.compression import CompressionMiddleware
 from perfkit.asgi.etag import SCOPE_ETAG, ETagMiddleware
 from perfkit.asgi.response_cache import _UNREAD, SCOPE_PLAN, ResponseCacheMiddleware, _Tagger
-from perfkit.asgi.timing import TimingMiddleware, _Timer
+from perfkit.asgi.timing import (
+    RESPONSE_TIME,
+    RESPONSE_TIME_FORMAT,
+    TimingMiddleware,
+    _Timer,
+)
 
 __all__ = ["MiddlewareStack"]
 
@@ -237,7 +242,7 @@ class _Fused(_Timer):
         self.status = 200
         if self.header:
             start["headers"] = [*start.get("headers", ()), tag, *self.extra,
-                                (b"x-response-time", b"%.3fms" % (ttfb * 1000))]
+                                (RESPONSE_TIME, RESPONSE_TIME_FORMAT % (ttfb * 1000))]
         else:
             start["headers"] = [*start.get("headers", ()), tag, *self.extra]
         return _send_both(self, start, message)

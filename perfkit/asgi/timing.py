@@ -36,6 +36,8 @@ from perfkit.metrics import CONTENT_TYPE, REGISTRY, Registry
 from perfkit.spans import collect, format_server_timing, stop
 
 UNMATCHED = "<unmatched>"
+RESPONSE_TIME = b"x-response-time"
+RESPONSE_TIME_FORMAT = b"%.3fms"  # of milliseconds: X-Response-Time: 1.234ms
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
@@ -190,12 +192,12 @@ class _Timer:
             if self.spans is not None:
                 headers = list(message.get("headers", ()))
                 if self.header:
-                    headers.append((b"x-response-time", b"%.3fms" % (ttfb * 1000)))
+                    headers.append((RESPONSE_TIME, RESPONSE_TIME_FORMAT % (ttfb * 1000)))
                 _append_server_timing(headers, [("app", ttfb, None), *self.spans])
                 message["headers"] = headers
             elif self.header:
                 message["headers"] = [*message.get("headers", ()),
-                                      (b"x-response-time", b"%.3fms" % (ttfb * 1000))]
+                                      (RESPONSE_TIME, RESPONSE_TIME_FORMAT % (ttfb * 1000))]
         elif kind == BODY and not message.get("more_body", False):
             self.finished = self.clock()
         return self.out(message)
