@@ -64,7 +64,9 @@ def stacks() -> dict[str, Callable[[], tuple[Any, str | None]]]:
     }
 
 
-def inner(name: str, n: int) -> None:
+def driver(name: str) -> Callable[..., None]:
+    """One request of stack ``name`` per call, driven without an event loop's help (the
+    stacks never suspend); checks the response started with a 200."""
     from benchmarks.bench_asgi import _scope
 
     app, accept = stacks()[name]()
@@ -77,7 +79,7 @@ def inner(name: str, n: int) -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    def serve(_: Any, __: Any) -> None:
+    def serve(_: Any = None, __: Any = None) -> None:  # reduce's (total, item)
         sent.clear()
         scope = dict(template)
         scope["headers"] = list(template["headers"])
@@ -90,9 +92,15 @@ def inner(name: str, n: int) -> None:
             raise RuntimeError(f"{name} suspended: drive it with an event loop instead")
         assert sent[0]["status"] == 200, sent[0]
 
+    return serve
+
+
+def inner(name: str, n: int) -> None:
+    serve = driver(name)
+
     async def main() -> None:
         for _ in range(WARM_UP):  # memo tables, cache entries, series, imports
-            serve(None, None)
+            serve()
         functools.reduce(serve, range(n), None)  # the only part callgrind counts
 
     asyncio.run(main())

@@ -26,9 +26,16 @@ calibration sessions (``"calibration": true``), so a replayed policy can set its
 
 Modes: ``default`` (absolute budgets, CPU waits excluded, speed check on), ``calibrated``
 (budgets in reference-machine time, each run divided by the reference beside it,
-``--perf-budget-calibrate``), ``no-speed-check``
+``--perf-budget-calibrate``), ``calibrated-b2b`` (the same with the borderline runs back to
+back, ``--perf-budget-borderline-spacing=0``; with ``calibrated`` in the run it takes its
+budgets, so the two spacings are compared on the same budgets), ``no-speed-check``
 (CPU waits excluded, no reference runs: what the speed check adds), ``legacy`` (plain wall
 time, no speed check: the control; its verdict is now the median, not the minimum).
+
+``--witness-every N`` runs, after every N rounds, one more calibration session of the unchanged
+code and one of the 3x code per mode, dumped (``"witness": true``) and never used live: so
+``trust_replay --budgets all`` can judge the same runs against budgets from sessions spread over
+the whole run, and print how much slower the "3x" code really ran, as the plugin measures it.
 
 Runtime is bounded: ``--max-minutes`` (default 40) stops starting new session rounds.
 """
@@ -117,9 +124,15 @@ TESTS = textwrap.dedent('''
 MODES = {
     "default": [],
     "calibrated": ["--perf-budget-calibrate=true"],
+    "calibrated-b2b": ["--perf-budget-calibrate=true", "--perf-budget-borderline-spacing=0"],
     "no-speed-check": ["--perf-budget-speed-check=false"],
     "legacy": ["--perf-budget-exclude-cpu-wait=false", "--perf-budget-speed-check=false"],
 }
+
+#: Modes that differ from another only after the confirm runs (calibration sessions, whose
+#: tiny budgets are over by far, never reach borderline runs) take that mode's budgets, so
+#: the two are compared on the same budgets, session by session.
+SHARED_BUDGETS = {"calibrated-b2b": "calibrated"}
 
 
 def _busy(stop: float) -> None:
@@ -164,11 +177,12 @@ def make_budgets(directory: Path, modes: list[str], *, verbose: bool) -> dict[st
         "no-speed-check": {k: 2 * v for k, v in own.items()},
         "legacy": {k: 2 * v for k, v in wall.items()},
     }
-    if "calibrated" in modes:
+    if any(mode.startswith("calibrated") for mode in modes):
         from perfkit.measure.calibrate import calibrate
 
         factor = calibrate().factor
         budgets["calibrated"] = {k: 2 * v / factor for k, v in own.items()}
+        budgets["calibrated-b2b"] = budgets["calibrated"]
         if verbose:
             print(f"calibrated: budgets divided by this process's factor x{factor:.2f}; "
                   "each session multiplies them by its own")
@@ -263,26 +277,30 @@ def session(directory: Path, budgets: dict[str, float], cell: Cell,
 
 
 def measure_in_sessions(directory: Path, modes: list[str], count: int, *,
-                        verbose: bool, dump: Any = None) -> dict[str, dict[str, float]]:
+                        verbose: bool, dump: Any = None, tag: dict[str, Any] | None = None,
+                        slowdown: int = 1) -> dict[str, dict[str, float]]:
     """Budgets from ``count`` calibration pytest sessions per mode (unchanged code, machine
     as is), measured exactly as the plugin measures a test it judges: every test gets a
     budget so small that it is re-run the full number of confirm runs (those sessions'
     verdicts are ignored), and its median is the report's judged time (median of 1 + 3 runs,
     CPU waits out, machine factor divided out as the mode does). The budget is 2x the median
     of those per-session medians. No judged session is ever used to set a budget.
+    ``tag``: more fields for the dumped lines (e.g. ``{"witness": True, "round": 7}``);
+    ``slowdown``: the code's (3 for witness sessions of the slower code, never a budget).
     """
     tiny = {name: 1e-6 for name in _workload_names(directory)}
     per_mode: dict[str, dict[str, float]] = {}
     for mode in modes:
         values: dict[str, list[float]] = {name: [] for name in tiny}
         for _ in range(count):
-            document = run_session(directory, tiny, mode, 1, False)
+            document = run_session(directory, tiny, mode, slowdown, False)
             for test in document["tests"]:
                 if dump is not None:  # so a policy can be replayed with its own budgets
                     dump.write(json.dumps({"calibration": True, "mode": mode,
                                            "test": _name(test),
                                            "scale": test.get("scale") or 1.0,
-                                           "latency": test["latency"]}) + "\n")
+                                           "latency": test["latency"], "time": time.time(),
+                                           "slowdown": slowdown, **(tag or {})}) + "\n")
                 # Calibrated mode: budgets are in reference-machine units (divided by the
                 # scale the plugin judged this test with, which it multiplies back).
                 values[_name(test)].append(test["latency"]["judged"] / (test.get("scale") or 1.0))
@@ -333,6 +351,12 @@ def main() -> None:
                         help="unchanged-code sessions per mode that set the budgets "
                              "(--budgets sessions); never judged")
     parser.add_argument("--dump", default="", help="write one JSON line per judged test")
+    parser.add_argument("--witness-every", type=int, default=0, metavar="N",
+                        help="after every N rounds, one more calibration session per mode, "
+                             "and one of the 3x code, dumped (\"witness\": true) but never used "
+                             "for the live budgets: trust_replay --budgets all then judges the "
+                             "same runs against budgets from sessions spread over the whole "
+                             "run, and prints how much slower the 3x code ran, as measured")
     parser.add_argument("--budget-per-round", action="store_true",
                         help="re-measure the medians (and so the budgets) before every round "
                              "instead of once at the start: this VM's CPU speed drifted up to "
@@ -351,11 +375,16 @@ def main() -> None:
         (directory / "pytest.ini").write_text("[pytest]\n")
         print(f"load average at start: {os.getloadavg()}")
         dump = open(args.dump, "w", encoding="utf-8") if args.dump else None  # noqa: SIM115
+        own_budgets = [m for m in modes if SHARED_BUDGETS.get(m) not in modes]
         if args.budgets == "sessions":
-            budgets = measure_in_sessions(directory, modes, args.calibration_sessions,
+            budgets = measure_in_sessions(directory, own_budgets, args.calibration_sessions,
                                           verbose=True, dump=dump)
         else:
-            budgets = make_budgets(directory, modes, verbose=True)
+            budgets = make_budgets(directory, own_budgets, verbose=True)
+        for mode in modes:
+            if mode not in own_budgets:
+                budgets[mode] = budgets[SHARED_BUDGETS[mode]]
+                print(f"{mode}: the budgets of {SHARED_BUDGETS[mode]}")
         cells = [Cell(mode, slowdown, noisy) for mode in modes for slowdown in (1, 3)
                  for noisy in (False, True)]
         started = time.monotonic()
@@ -364,14 +393,22 @@ def main() -> None:
                 print(f"stopped after {index} rounds: --max-minutes reached")
                 break
             if args.budget_per_round and index:
-                budgets = (measure_in_sessions(directory, modes, args.calibration_sessions,
-                                               verbose=False)
+                budgets = (measure_in_sessions(directory, own_budgets,
+                                               args.calibration_sessions, verbose=False)
                            if args.budgets == "sessions" else
-                           make_budgets(directory, modes, verbose=False))
+                           make_budgets(directory, own_budgets, verbose=False))
+                budgets.update({m: budgets[SHARED_BUDGETS[m]] for m in modes
+                                if m not in own_budgets})
             order = list(cells)
             rng.shuffle(order)
             for cell in order:
                 session(directory, budgets[cell.mode], cell, dump, index)
+            if args.witness_every and dump is not None and index % args.witness_every == \
+                    args.witness_every - 1:
+                for slowdown in (1, 3):  # 3: how much slower the "3x" code is, measured
+                    measure_in_sessions(directory, own_budgets, 1, verbose=False, dump=dump,
+                                        tag={"witness": True, "round": index},
+                                        slowdown=slowdown)
             if index % 10 == 9:
                 print(f"... {index + 1} rounds, {(time.monotonic() - started) / 60:.1f} min, "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)

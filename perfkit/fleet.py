@@ -98,8 +98,10 @@ class RedisSink:
         self._redis = client
         self._clock = clock
         self._lock = threading.Lock()  # one push at a time
-        self._pushed_counters: dict[tuple[str, tuple[str, ...]], float] = {}
-        self._pushed_histograms: dict[tuple[str, tuple[str, ...]], HistogramSnapshot] = {}
+        # What the last successful push sent, per series, with the series' reset count then.
+        self._pushed_counters: dict[tuple[str, tuple[str, ...]], tuple[int, float]] = {}
+        self._pushed_histograms: dict[
+            tuple[str, tuple[str, ...]], tuple[int, HistogramSnapshot | None]] = {}
         self._failing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,8 +112,9 @@ class RedisSink:
     def flush(self) -> bool:
         """Push everything that changed since the last successful push; False if Redis failed."""
         with self._lock:
-            pending_counters: dict[tuple[str, tuple[str, ...]], float] = {}
-            pending_histograms: dict[tuple[str, tuple[str, ...]], HistogramSnapshot] = {}
+            pending_counters: dict[tuple[str, tuple[str, ...]], tuple[int, float]] = {}
+            pending_histograms: dict[
+                tuple[str, tuple[str, ...]], tuple[int, HistogramSnapshot | None]] = {}
             pipe = self._redis.pipeline(transaction=True)
             touched: set[str] = set()
             for metric in self.registry.metrics():
@@ -123,24 +126,32 @@ class RedisSink:
                 for labels, series in metric.series():
                     key = (metric.name, labels)
                     field = json.dumps(labels)
+                    resets = series.resets if not isinstance(series, GaugeSeries) else 0
                     if isinstance(series, CounterSeries):
                         value = series.value
-                        delta = value - self._pushed_counters.get(key, 0.0)
-                        if delta < 0:  # the local counter was reset: count from zero again
+                        if series.resets != resets:
+                            continue  # reset while read: the next push sends it
+                        pushed_resets, pushed = self._pushed_counters.get(key, (resets, 0.0))
+                        delta = value - pushed if pushed_resets == resets else value
+                        if delta < 0:  # a set_function() counter that started over
                             delta = value
                         if delta:
                             pipe.hincrbyfloat(self._key("c", metric.name), field, delta)
                             touched.add(self._key("c", metric.name))
-                        pending_counters[key] = value
+                        pending_counters[key] = (resets, value)
                     elif isinstance(series, GaugeSeries):
                         gauge_key = self._key("g", metric.name)
                         pipe.hset(gauge_key, f"{self.process_id}{_SEP}{field}", series.value)
                         touched.add(gauge_key)
                     else:
                         snap = series.snapshot()
+                        if series.resets != resets:
+                            continue  # reset while read: the next push sends it
+                        pushed_resets, before = self._pushed_histograms.get(key, (resets, None))
                         self._push_histogram(pipe, metric.name, field, snap,
-                                             self._pushed_histograms.get(key), touched)
-                        pending_histograms[key] = snap
+                                             before if pushed_resets == resets else None,
+                                             touched)
+                        pending_histograms[key] = (resets, snap)
             now = self._clock()
             pipe.zadd(self._key("procs"), {self.process_id: now})
             # Workers come and go: forget those silent for longer than the retention.
@@ -167,8 +178,6 @@ class RedisSink:
         self, pipe: Any, name: str, field: str, snap: HistogramSnapshot,
         before: HistogramSnapshot | None, touched: set[str],
     ) -> None:
-        if before is not None and snap.count < before.count:
-            before = None  # reset locally: push the new observations as they are
         key = self._key("h", name)
         count = snap.count - (before.count if before else 0)
         if not count:

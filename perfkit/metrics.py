@@ -132,11 +132,12 @@ class CounterSeries:
     the GIL, no lock), for decorators that count every call.
     """
 
-    __slots__ = ("_function", "_lock", "_tick_offset", "_ticks", "_value", "inc_one")
+    __slots__ = ("_function", "_lock", "_tick_offset", "_ticks", "_value", "inc_one", "resets")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._value = 0.0
+        self.resets = 0  # how many times reset() zeroed it: a pusher of deltas starts over
         self._function: Callable[[], float] | None = None
         self._ticks = itertools.count()
         self._tick_offset = 0
@@ -170,6 +171,7 @@ class CounterSeries:
         with self._lock:
             self._value = 0.0
             self._tick_offset = next(self._ticks) + 1
+            self.resets += 1
 
 
 class GaugeSeries:
@@ -273,10 +275,11 @@ class HistogramSeries:
     """
 
     __slots__ = ("_append", "_bounds", "_bucket_counts", "_count", "_lock", "_pending",
-                 "_sketch", "_sum")
+                 "_sketch", "_sum", "resets")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._lock = threading.Lock()
+        self.resets = 0  # how many times reset() zeroed it: a pusher of deltas starts over
         self._bounds = bounds
         self._bucket_counts = [0] * (len(bounds) + 1)
         self._sketch: dict[int, int] = {}
@@ -360,6 +363,7 @@ class HistogramSeries:
             self._sketch = {}
             self._count = 0
             self._sum = 0.0
+            self.resets += 1
 
 
 FOLD_EVERY = 1024

@@ -57,8 +57,8 @@ def _mode(value: object, name: str, default_threshold: int = 0) -> Mode:
     threshold (fail at that count) or ``"warn:10"`` / ``"fail:10"``."""
     if isinstance(value, bool):
         return Mode("fail" if value else "off", default_threshold)
-    if isinstance(value, int):
-        if value < 2 and default_threshold:
+    if isinstance(value, int) and default_threshold:
+        if value < 2:
             raise ValueError(f"{name}: threshold must be >= 2, got {value!r}")
         return Mode("fail", value)
     if isinstance(value, str):
@@ -76,6 +76,13 @@ def _mode(value: object, name: str, default_threshold: int = 0) -> Mode:
         ", a threshold >= 2 or 'warn:N'/'fail:N'" if default_threshold else ""
     )
     raise ValueError(f"{name}: expected {accepted}, got {value!r}")
+
+
+def _positive_duration(value: object, name: str) -> float:
+    seconds = parse_duration(value, name)
+    if seconds <= 0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")
+    return seconds
 
 
 def _patterns(value: object, name: str) -> tuple[str, ...]:
@@ -116,18 +123,24 @@ BUDGET_KEYWORDS: dict[str, Keyword] = {k.name: k for k in (
             format_duration),
     Keyword("slow_query", parse_duration, None,
             "one statement slower than this is a finding (fails the test)", format_duration),
+    Keyword("loop_block", _positive_duration, None,
+            "longest time the event loop may be blocked (one step running without yielding) "
+            "during an async test's call; asyncio and trio", format_duration),
     Keyword("n_plus_one", lambda v, n: _mode(v, n, N_PLUS_ONE_THRESHOLD),
             Mode("warn", N_PLUS_ONE_THRESHOLD),
             "N+1 queries: off | warn | fail | threshold (same SELECT shape N times)"),
     Keyword("full_scans", _mode, Mode("warn"), "full table scans: off | warn | fail"),
     Keyword("rerun", _flag, True,
-            "allow re-running the test body for confirm runs and the heap pass "
-            "(false for tests with side effects)"),
+            "allow re-running the test body for confirm runs, the heap pass, warmups and "
+            "the profile on failure (false for tests with side effects)"),
     Keyword("allow", _patterns, (), "SQL shape patterns exempt from N+1 findings"),
+    Keyword("warmup", _count, 0,
+            "unmeasured runs of the test body before the measured first run (needs rerun; "
+            "the first run is then a warmup, and its failure fails the test)"),
 )}
 
 #: Keywords whose value is a numeric limit (what "a test with budgets" means).
-LIMITS = ("latency", "cpu", "memory", "rss", "queries", "db_time", "slow_query")
+LIMITS = ("latency", "cpu", "memory", "rss", "queries", "db_time", "slow_query", "loop_block")
 
 
 def parse_keyword(name: str, value: object, where: str) -> Any:
@@ -153,10 +166,12 @@ class Budget:
     queries: int | None = None
     db_time: float | None = None
     slow_query: float | None = None
+    loop_block: float | None = None
     n_plus_one: Mode = Mode("warn", N_PLUS_ONE_THRESHOLD)
     full_scans: Mode = Mode("warn")
     rerun: bool = True
     allow: tuple[str, ...] = ()
+    warmup: int = 0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def with_values(self, values: Mapping[str, Any], source: str) -> Budget:

@@ -9,11 +9,15 @@ and no SQLAlchemy listener is installed.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import statistics
+import sys
+import time
+import types
 from collections.abc import Generator, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -32,8 +36,9 @@ from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Verdict, judge
 from perfkit.measure.timing import CallTimer, Timing, cpu_wait_clock
 from perfkit.measure.units import format_duration, format_size, parse_duration
+from pytest_perfkit import budget_file
 from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer
-from pytest_perfkit.report import summary_lines, write_reports
+from pytest_perfkit.report import NO_STATEMENTS, summary_lines, write_reports
 from pytest_perfkit.settings import Settings, add_options, load_settings
 from pytest_perfkit.verdicts import (
     MAX_NOISE_BAND,
@@ -48,25 +53,30 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 BUDGET_KEY = pytest.StashKey[Budget]()
 RESULT_KEY = pytest.StashKey[dict[str, Any]]()
 BENCH_KEY = pytest.StashKey[list[dict[str, Any]]]()
+SETUP_KEY = pytest.StashKey[dict[str, Any]]()
+LOOP_KEY = pytest.StashKey[Any]()
 
 #: Re-measure when the first run is above this fraction of a timing limit.
 NEAR_FRACTION = 0.8
 
 MARKER_HELP = (
     "perf_budget(latency=None, cpu=None, memory=None, rss=None, queries=None, db_time=None, "
-    "slow_query=None, n_plus_one='warn', full_scans='warn', rerun=True, allow=()): "
+    "slow_query=None, loop_block=None, n_plus_one='warn', full_scans='warn', rerun=True, "
+    "allow=(), warmup=0): "
     "performance budgets for this test, enforced with --perf-budget"
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    budget_file.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = load_settings(config)
     config.stash[SETTINGS_KEY] = settings
+    budget_file.configure(config, settings)  # only with --perf-budget is the file read
     if config.option.perf_budget:
         config.pluginmanager.register(PerfBudgetPlugin(config, settings), "perfkit-budget")
 
@@ -87,18 +97,39 @@ def _marker_budget(item: pytest.Item, defaults: Budget) -> Budget | None:
             f"{where}: memory= needs a separate traced run (tracing distorts latency), but "
             "rerun=False forbids it; use rss= for memory, or drop one of the budgets"
         )
+    # A session default (ini/env/CLI) warmup yields to a test's rerun=False, with a note.
+    if budget.warmup and not budget.rerun and budget.sources.get("warmup") == where:
+        raise ValueError(
+            f"{where}: warmup={budget.warmup} re-runs the test body before the measured run, "
+            "but rerun=False forbids it; drop warmup or rerun=False"
+        )
     return budget
 
 
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Validate every ``perf_budget`` marker; all errors are reported together."""
+    """Validate every ``perf_budget`` marker; all errors are reported together. A budgets
+    file entry (read with --perf-budget) goes between the defaults and the marker."""
     settings = config.stash[SETTINGS_KEY]
+    entries = config.stash.get(budget_file.BUDGET_FILE_KEY, None)
     errors: list[str] = []
+    # A marker the project registered is its own, however close its name.
+    typos: dict[str, bool] = {line.split(":")[0].split("(")[0].strip(): False
+                              for line in config.getini("markers")}
     for item in items:
+        for mark in item.iter_markers():
+            if mark.name not in typos:  # pytest only warns about an unknown marker
+                typos[mark.name] = mark.name != "perf_budget" and bool(
+                    difflib.get_close_matches(mark.name, ["perf_budget"], 1, 0.8))
+            if typos[mark.name]:
+                errors.append(f"{item.nodeid}: unknown marker {mark.name!r}, did you mean "
+                              "'perf_budget'?")
         try:
-            budget = _marker_budget(item, settings.defaults)
+            base = entries.layer(item.nodeid, settings.defaults) if entries else settings.defaults
+            budget = _marker_budget(item, base)
+            if budget is None and base is not settings.defaults:
+                budget = base
         except ValueError as exc:
             errors.append(str(exc))
             continue
@@ -117,11 +148,26 @@ class PerfFixture:
     are reserved keywords (pass a ``functools.partial`` for a callable that needs them).
     """
 
-    def __init__(self, item: pytest.Item, settings: Settings, scale: float) -> None:
+    def __init__(self, item: pytest.Item, settings: Settings, scale: float,
+                 tracker: Any = None) -> None:
         self._item = item
         self._settings = settings
         self._scale = scale
+        self._tracker = tracker
         self.results: list[BenchResult] = []
+
+    @contextmanager
+    def _untracked(self) -> Iterator[None]:
+        """The rounds' statements are not the test's: hundreds of repeats of one callable
+        would break its query budget and read as an N+1."""
+        paused = self._tracker is not None and self._tracker.active
+        if paused:
+            self._tracker.stop()
+        try:
+            yield
+        finally:
+            if paused:
+                self._tracker.start()
 
     def _settings_for(self, warmup: int, min_rounds: int, max_time: float) -> BenchSettings:
         return BenchSettings(warmup=warmup, min_rounds=min_rounds, max_time=max_time)
@@ -146,14 +192,16 @@ class PerfFixture:
 
     def __call__(self, fn: Any, *args: Any, budget: object = None, warmup: int = 1,
                  min_rounds: int = 5, max_time: float = 0.2, **kwargs: Any) -> BenchResult:
-        result = benchmark(fn, *args, settings=self._settings_for(warmup, min_rounds, max_time),
-                           **kwargs)
+        with self._untracked():
+            result = benchmark(fn, *args,
+                               settings=self._settings_for(warmup, min_rounds, max_time), **kwargs)
         return self._check(fn, result, budget)
 
     async def arun(self, fn: Any, *args: Any, budget: object = None, warmup: int = 1,
                    min_rounds: int = 5, max_time: float = 0.2, **kwargs: Any) -> BenchResult:
-        result = await abenchmark(
-            fn, *args, settings=self._settings_for(warmup, min_rounds, max_time), **kwargs)
+        with self._untracked():
+            result = await abenchmark(
+                fn, *args, settings=self._settings_for(warmup, min_rounds, max_time), **kwargs)
         return self._check(fn, result, budget)
 
 
@@ -162,8 +210,9 @@ def perf(request: pytest.FixtureRequest) -> PerfFixture:
     """Micro-benchmark a callable: ``perf(fn, *args, budget="1ms")``, ``await perf.arun(...)``."""
     settings = request.config.stash[SETTINGS_KEY]
     plugin = request.config.pluginmanager.get_plugin("perfkit-budget")
-    scale = plugin.scale if isinstance(plugin, PerfBudgetPlugin) else 1.0
-    return PerfFixture(request.node, settings, scale)
+    if isinstance(plugin, PerfBudgetPlugin):
+        return PerfFixture(request.node, settings, plugin.scale, plugin._tracker)
+    return PerfFixture(request.node, settings, 1.0)
 
 
 @pytest.fixture
@@ -175,7 +224,7 @@ def sql_queries(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     settings = request.config.stash[SETTINGS_KEY]
     tracker = QueryTracker(include_transaction_control=settings.include_transactions,
-                           explain=settings.explain)
+                           explain=settings.explain, sites=settings.sql_sites)
     try:
         yield tracker
     finally:
@@ -201,6 +250,12 @@ class PerfBudgetPlugin:
         self._tracker: Any = None
         self.report_paths: list[str] = []
         self._collected: dict[str, int] = {}
+        self.load_at_start = _load_average()
+        # Imported here, not with the module: a session without --perf-budget loads the
+        # plugin module too, and should not pay for what only measuring uses.
+        from pytest_perfkit import loopblock
+
+        self._loop = loopblock
 
     # --- session ---
 
@@ -229,7 +284,8 @@ class PerfBudgetPlugin:
                 return None
             try:
                 self._tracker = QueryTracker(
-                    include_transaction_control=self.settings.include_transactions)
+                    include_transaction_control=self.settings.include_transactions,
+                    sites=self.settings.sql_sites)
                 self._tracker.start()  # install the listeners before any connection exists
                 self._tracker.stop()
             except ImportError:
@@ -267,7 +323,9 @@ class PerfBudgetPlugin:
             "perfkit: --perf-budget on; defaults: " + (", ".join(defaults) or "none")
             + f"; n_plus_one={s.defaults.n_plus_one}, full_scans={s.defaults.full_scans}",
             f"perfkit: latency/CPU judged on the median of 1 + up to {s.confirm_runs} confirm "
-            f"runs (+ up to {s.borderline_runs} while within noise), margin {s.margin:.0%} + "
+            f"runs (+ up to {s.borderline_runs} while within noise"
+            + (f", {format_duration(s.borderline_spacing)} apart" if s.borderline_spacing
+               else "") + f"), margin {s.margin:.0%} + "
             f"{format_duration(s.margin_abs)} (wider when runs "
             f"disagree, at most {MAX_NOISE_BAND:.0%}); calibration {calibration}",
             f"perfkit: latency = {wait}, GC pauses removed; {speed}",
@@ -280,11 +338,9 @@ class PerfBudgetPlugin:
         counts: dict[str, int] = {}
         marked = 0
         for item in session.items:
-            budget = item.stash.get(BUDGET_KEY, None)
-            if budget is None:
-                budget = self.settings.defaults
-            else:
-                marked += 1
+            budget = item.stash.get(BUDGET_KEY, None) or self.settings.defaults
+            marked += any(True for _ in item.iter_markers("perf_budget"))
+            budget = self._loop.for_test(item, budget, self.settings.defaults)
             for name in budget.limits:
                 counts[name] = counts.get(name, 0) + 1
         self._collected = counts
@@ -296,22 +352,52 @@ class PerfBudgetPlugin:
 
     # --- per test ---
 
-    def _rerun(self, item: pytest.Function) -> str:
-        """Run the test body again (same fixtures); returns an error text or ``""``."""
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        """Time the setup phase and count its SQL, reported apart from the call's budgets."""
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.reset()
+            tracker.explain, tracker.slow, tracker.n_plus_one, tracker.lazy_parents = (
+                False, None, 0, 0)
+            tracker.start()
+        started = time.perf_counter()
+        try:
+            return (yield)
+        finally:
+            setup: dict[str, Any] = {"seconds": time.perf_counter() - started}
+            if tracker is not None:
+                tracker.stop()
+                setup["statements"] = tracker.count
+            item.stash[SETUP_KEY] = setup
+
+    def _body(self, item: pytest.Function) -> None:
+        """Run the test body again (same fixtures), outside this plugin's measuring."""
         self._rerunning = True
         try:
             item.ihook.pytest_pyfunc_call(pyfuncitem=item)
-        except (Exception, pytest.fail.Exception, pytest.skip.Exception) as exc:
-            return f"{type(exc).__name__}: {exc}"[:200]
         finally:
             self._rerunning = False
+
+    def _rerun(self, item: pytest.Function) -> str:
+        """Run the test body again; returns an error text or ``""``."""
+        try:
+            self._body(item)
+        except (Exception, pytest.fail.Exception, pytest.skip.Exception) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
         return ""
+
+    def _warm_up(self, item: pytest.Function, runs: int) -> None:
+        """Unmeasured runs before the measured one; an error fails the test as it is."""
+        for _ in range(runs):
+            self._body(item)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
         if self._rerunning:
             return (yield)
-        budget = pyfuncitem.stash.get(BUDGET_KEY, None) or self.settings.defaults
+        budget = self._loop.for_test(pyfuncitem, pyfuncitem.stash.get(BUDGET_KEY, None)
+                          or self.settings.defaults, self.settings.defaults)
         payload: dict[str, Any] = {"nodeid": pyfuncitem.nodeid, "status": "failed",
                                    "worker": self.worker_id, "workers": self.workers,
                                    "budgets": _budget_dict(budget), "scale": self.scale}
@@ -326,12 +412,21 @@ class PerfBudgetPlugin:
             tracker.allow = budget.allow
             tracker.explain = self.settings.explain and budget.full_scans.action != "off"
         heap_inline = budget.memory is not None and not budget.rerun and not self._memray_active()
-        rss = RssHighWater() if budget.rss is not None else None
+        rss = (RssHighWater(sampler=True if self.settings.rss_sampling else None)
+               if budget.rss is not None else None)
         heap = HeapTracer() if heap_inline else None
+        # The event-loop watch (async tests with loop_block only) finds the loop the test
+        # runs on by itself; its watchdog thread starts here, outside the timed window.
+        watch = pyfuncitem.stash[LOOP_KEY] = self._loop.start_watch(pyfuncitem, budget, heap_inline)
         # A full collection first keeps a gen-2 pass out of a *judged* window; it costs
         # tens of ms in a big process, so tests without a timing limit skip it.
         timed = budget.latency is not None or budget.cpu is not None or \
             pyfuncitem.nodeid in self.baseline
+        if budget.warmup and budget.rerun and (budget.limits or timed):
+            payload["warmup"] = budget.warmup
+            self._warm_up(pyfuncitem, budget.warmup)
+            if BENCH_KEY in pyfuncitem.stash:  # a perf fixture's rounds in a warmup
+                del pyfuncitem.stash[BENCH_KEY]
         timer = CallTimer(collect=timed)
         # Budgets in reference-machine time: a reference sample right before the first run,
         # so that run is bracketed by two like every confirm run (this VM's vCPUs changed
@@ -347,6 +442,8 @@ class PerfBudgetPlugin:
                 stack.enter_context(rss)
             if heap is not None:
                 stack.enter_context(heap)
+            if watch is not None and not isinstance(watch, str):
+                stack.enter_context(watch)
             if tracker is not None:
                 tracker.start()
             stack.enter_context(timer)
@@ -361,6 +458,40 @@ class PerfBudgetPlugin:
                     lead, alu_lead)
         return result
 
+    def _explain_failure(self, item: pytest.Function, budget: Budget,
+                         results: list[BudgetResult], payload: dict[str, Any]) -> None:
+        """A timing budget that fails the test: one more run under cProfile, never judged,
+        whose top functions become the cause lines (only when the body may be re-run; a
+        verdict downgraded to a warning under xdist is not profiled)."""
+        failed = [r for r in results if r.broken and r.budget in ("latency", "cpu", "baseline")]
+        if not failed or not budget.rerun or not self.settings.profile_on_fail:
+            return
+        from perfkit.measure.profile import profile_call
+
+        errors: list[str] = []
+        benchmarks = len(item.stash.get(BENCH_KEY, []))
+        profile = profile_call(lambda: errors.append(self._rerun(item)),
+                               root=str(self.config.rootpath), exclude=self._plugin_files())
+        if BENCH_KEY in item.stash:  # a perf fixture's rounds under cProfile: not a result
+            del item.stash[BENCH_KEY][benchmarks:]
+        if errors and errors[0] and not profile.error:
+            profile.error = errors[0]
+        payload["profile"] = profile.as_dict()
+        for result in failed:
+            result.cause.extend(profile.lines())
+
+    def _plugin_files(self) -> list[str]:
+        """Files of the registered pytest plugins (conftests aside): the machinery around a
+        profiled test body, left out of its profile."""
+        files = set()
+        for plugin in self.config.pluginmanager.get_plugins():
+            module = plugin if isinstance(plugin, types.ModuleType) else \
+                sys.modules.get(type(plugin).__module__)
+            path = getattr(module, "__file__", None)
+            if path and os.path.basename(path) != "conftest.py":
+                files.add(os.path.abspath(path))
+        return sorted(files)
+
     def _latency(self, timing: Timing) -> float:
         return timing.own if self.settings.exclude_cpu_wait else timing.wall
 
@@ -373,30 +504,49 @@ class PerfBudgetPlugin:
         findings_enforced: list[str] = []
         downgrade = self.workers > 1 and self.settings.xdist == "warn"
         scale = self.scale
+        if budget.warmup and not budget.rerun:
+            notes.append(f"warmup={budget.warmup} ({budget.sources.get('warmup')}) not run: "
+                         "rerun=False")
 
         # SQL first: the tracker is stopped, re-runs below must not add to its numbers.
         tracker = self.tracker
         sql = _sql_payload(tracker) if tracker is not None else None
         payload["sql"] = sql
+        setup = item.stash.get(SETUP_KEY, {})
+        payload["setup"] = setup
         if sql is not None:
-            cause = [f"{s['count']}x {s['shape'][:120]} at {s['caller']}" for s in sql["top"][:5]]
+            from perfkit.sql.tracker import describe_sites
+
+            cause = [f"{s['count']}x {s['shape'][:120]} at " + (
+                describe_sites([(t["caller"], t["count"]) for t in s["sites"]], s["count"])
+                if len(s["sites"]) > 1 else s["caller"]) for s in sql["top"][:5]]
+            if setup.get("statements"):
+                cause.append(f"(not counted: {setup['statements']} statements in fixture setup)")
+            unseen = "" if sql["count"] else NO_STATEMENTS
             if budget.queries is not None:
-                detail = "" if sql["count"] else "no SQLAlchemy statement seen in the test body"
                 results.append(count_result("queries", sql["count"], budget.queries, "count",
-                                            cause, detail))
+                                            cause, unseen))
             if budget.db_time is not None:
                 results.append(count_result("db_time", sql["db_time"], budget.db_time, "s",
-                                            cause))
+                                            cause, unseen))
+            if budget.slow_query is not None:
+                # One budget, judged on the slowest statement; the slow shapes are its cause.
+                slow = [f["text"] for f in sql["findings"] if f["kind"] == "slow"]
+                results.append(count_result("slow_query", sql["slowest"], budget.slow_query,
+                                            "s", slow, unseen or "slowest statement"))
             for finding in sql["findings"]:
                 kind = finding["kind"]
                 mode = {"n_plus_one": budget.n_plus_one, "full_scan": budget.full_scans}.get(kind)
                 enforced = (kind == "slow") or (mode is not None and mode.action == "fail")
                 finding["enforced"] = enforced
-                if enforced:
+                if enforced and kind != "slow":  # slow statements fail through slow_query
                     findings_enforced.append(f"{kind}: {finding['text']}")
-        elif any(getattr(budget, n) is not None for n in ("queries", "db_time", "slow_query")):
-            results.append(BudgetResult("queries", None, None, "count", NOT_APPLIED,
-                                        detail="SQLAlchemy is not installed"))
+        else:
+            for name in ("queries", "db_time", "slow_query"):
+                if getattr(budget, name) is not None:
+                    unit = "count" if name == "queries" else "s"
+                    results.append(BudgetResult(name, getattr(budget, name), None, unit,
+                                                NOT_APPLIED, detail="SQLAlchemy is not installed"))
 
         # Latency and CPU: first run, then confirm runs when near or over a limit, each
         # followed by a reference run that says how fast the machine was at that moment.
@@ -491,10 +641,15 @@ class PerfBudgetPlugin:
             # Borderline ("within noise"): more runs before judging, not a pass by default.
             extra = self.settings.borderline_runs \
                 if ok and budget.rerun and self.settings.confirm_runs else 0
+            # Spaced out: back-to-back runs all met the same moment of the machine (its
+            # speed held for ~0.5 s here), so a reference that misread that moment misread
+            # it for every run; each spaced run gets a fresh sample right before it.
             for _ in range(extra):
                 if not any(verdict(name, limit).verdict == Verdict.WITHIN_NOISE.value
                            for name, limit in targets.items()):
                     break
+                if self.settings.borderline_spacing:
+                    runs.pause(self.settings.borderline_spacing)
                 if not confirm_run():
                     break
         for name, limit in targets.items():
@@ -503,6 +658,7 @@ class PerfBudgetPlugin:
                 result.enforced = False
                 result.detail += f"; downgraded to a warning under xdist -n {self.workers}"
             results.append(result)
+        self._explain_failure(item, budget, results, payload)
         if reference_units and targets:
             payload["scale"] = 1.0  # the limits were not multiplied: the runs were divided
         payload["latency"] = runs.summary(cpu_wait_excluded=self.settings.exclude_cpu_wait
@@ -549,13 +705,18 @@ class PerfBudgetPlugin:
                 results.append(count_result("rss", rss.peak, budget.rss, "bytes",
                                             detail=f"RSS high-water growth ({rss.method})"))
         payload["memory"] = memory or None
+        watch = item.stash.get(LOOP_KEY, None)
+        if budget.loop_block is not None and watch is not None:
+            loop, payload["loop"] = self._loop.loop_result(budget.loop_block, watch)
+            results.append(loop)
         payload["results"] = [r.as_dict() for r in results]
         payload["notes"] = notes
         payload["benchmarks"] = item.stash.get(BENCH_KEY, [])
         broken = any(r.broken for r in results) or bool(findings_enforced)
         payload["failed"] = broken
         if broken:
-            pytest.fail(failure_message(item.nodeid, results, findings_enforced, scale),
+            factor = payload["latency"]["factor"] if reference_units and targets else None
+            pytest.fail(failure_message(item.nodeid, results, findings_enforced, scale, factor),
                         pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
@@ -566,6 +727,9 @@ class PerfBudgetPlugin:
         if call.when == "call":
             payload = item.stash.get(RESULT_KEY, None)
             if payload is not None:
+                if payload["status"] != "measured":  # the body ended early: say how
+                    payload["status"] = "xfailed" if hasattr(report, "wasxfail") \
+                        else report.outcome
                 report.perfkit = payload  # type: ignore[attr-defined]
         elif report.skipped and call.when == "setup" and BUDGET_KEY in item.stash:
             report.perfkit = {  # type: ignore[attr-defined]
@@ -592,6 +756,9 @@ class PerfBudgetPlugin:
             "calibration": None if self.calibration is None else {
                 "seconds": self.calibration.seconds, "factor": self.calibration.factor},
             "workers": workers,
+            # How busy the machine was (1/5/15-minute load averages): numbers from a loaded
+            # runner read differently.
+            "load": {"start": self.load_at_start, "end": _load_average()},
             "settings": {name: value for name, value in self.settings.values.items()},
             "defaults": _budget_dict(self.settings.defaults),
             "tests": list(self.results.values()),
@@ -605,6 +772,13 @@ class PerfBudgetPlugin:
             terminalreporter.write_line(line)
         for path in self.report_paths:
             terminalreporter.write_line(f"perfkit report written to {path}")
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):  # not on Windows
+        return None
 
 
 def _xdist_n(config: pytest.Config) -> int:
@@ -621,18 +795,25 @@ def _budget_dict(budget: Budget) -> dict[str, Any]:
     data["full_scans"] = str(budget.full_scans)
     if not budget.rerun:
         data["rerun"] = False
+    if budget.warmup:
+        data["warmup"] = budget.warmup
     return data
 
 
 def _sql_payload(tracker: Any) -> dict[str, Any]:
     findings = [{"kind": f.kind, "text": f.describe(), "shape": f.shape, "count": f.count,
-                 "hint": f.hint, "caller": f.caller} for f in tracker.findings()]
+                 "hint": f.hint, "caller": f.caller,
+                 "sites": [{"caller": site, "count": n} for site, n in f.sites]}
+                for f in tracker.findings()]
     return {
         "count": tracker.count,
         "rows": tracker.rows,
         "db_time": tracker.db_time,
+        "slowest": max((s.max_time for s in tracker.shapes), default=0.0),
         "top": [{"shape": s.shape, "count": s.count, "total_time": s.total_time,
-                 "caller": s.caller} for s in tracker.shapes[:10]],
+                 "caller": s.caller,
+                 "sites": [{"caller": site, "count": n} for site, n in s.top_sites()]}
+                for s in tracker.shapes[:10]],
         "findings": findings,
         "notes": list(tracker.notes),
     }

@@ -16,9 +16,12 @@ from typing import Any
 
 from pytest_perfkit.verdicts import show
 
-__all__ = ["REPORT_VERSION", "summary_lines", "write_reports"]
+__all__ = ["NO_STATEMENTS", "REPORT_VERSION", "summary_lines", "write_reports"]
 
 REPORT_VERSION = 1
+
+#: Detail of a SQL budget in a test that ran no statement: listed as not applied, not measured.
+NO_STATEMENTS = "no SQLAlchemy statement seen in the test body"
 _SLOWEST = 10
 
 
@@ -32,9 +35,10 @@ def _counts(tests: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per budget kind: how many tests declared it and how many were measured."""
     table: dict[str, dict[str, int]] = {}
     for test in tests:
-        applied = {r["budget"] for r in test.get("results", []) if r["verdict"] != "not applied"}
+        applied = {r["budget"] for r in test.get("results", [])
+                   if r["verdict"] != "not applied" and r["detail"] != NO_STATEMENTS}
         for name in test.get("budgets", {}):
-            if name in ("n_plus_one", "full_scans", "rerun"):
+            if name in ("n_plus_one", "full_scans", "rerun", "warmup"):
                 continue
             row = table.setdefault(name, {"declared": 0, "measured": 0})
             row["declared"] += 1
@@ -60,8 +64,10 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     if verdicts:
         lines.append("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())))
     if data.get("workers", 1) > 1:
+        load = (data.get("load") or {}).get("end")
         lines.append(f"xdist: {data['workers']} workers; latency policy "
-                     f"{data['settings'].get('xdist')}")
+                     f"{data['settings'].get('xdist')}"
+                     + (f"; load average {load[0]:.2f} at the end" if load else ""))
     if data.get("calibration"):
         lines.append(f"machine scale factor x{data['calibration']['factor']:.2f}")
 
@@ -69,10 +75,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
                    if t["status"] != "measured" and t.get("budgets")]
     for test in measured:
         for result in test.get("results", []):
-            if result["verdict"] == "not applied":
+            if result["verdict"] == "not applied" or result["detail"] == NO_STATEMENTS:
                 not_applied.append((test["nodeid"], f"{result['budget']}: {result['detail']}"))
-            elif result["budget"] == "queries" and result["detail"]:
-                not_applied.append((test["nodeid"], f"queries: {result['detail']}"))
     if not_applied:
         lines.append("budgets not applied:")
         lines.extend(f"  {nodeid}: {why}" for nodeid, why in not_applied)
@@ -101,6 +105,11 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
             lines.append(f"  [{flag}] {nodeid}: {finding['text']}")
         if len(findings) > 30:
             lines.append(f"  ... {len(findings) - 30} more in the report")
+    # A listener that could not read a statement counted less than ran: say so, once each.
+    notes = sorted({note for t in measured for note in (t.get("sql") or {}).get("notes", [])})
+    if notes:
+        lines.append("SQL tracking notes (statements may be missing from the counts):")
+        lines.extend(f"  {note}" for note in notes[:10])
     return lines
 
 

@@ -8,6 +8,7 @@ apply to the whole session.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ def _fraction(value: object, name: str) -> float:
         number = float(str(value).strip().rstrip("%")) / (100 if "%" in str(value) else 1)
     except ValueError:
         raise ValueError(f"{name}: expected a fraction like 0.1 or '10%', got {value!r}") from None
-    if not number >= 0:
-        raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
     return number
 
 
@@ -49,8 +50,31 @@ def _confirm_runs(value: object, name: str) -> int:
     return number
 
 
+#: The longest pause before a borderline run: a typo such as ``500`` (seconds, not ms) should
+#: be an error, not a session that sleeps for half an hour per borderline test.
+MAX_BORDERLINE_SPACING = 10.0
+
+
+def _spacing(value: object, name: str) -> float:
+    seconds = parse_duration(value, name)
+    if seconds > MAX_BORDERLINE_SPACING:
+        raise ValueError(f"{name}: at most {MAX_BORDERLINE_SPACING:g}s between borderline runs, "
+                         f"got {value!r} (a bare number is seconds; write e.g. '500ms')")
+    return seconds
+
+
 def _path(value: object, name: str) -> str:
     return str(value).strip()
+
+
+def _headroom(value: object, name: str) -> float:
+    try:
+        number = float(str(value).strip().lstrip("x"))
+    except ValueError:
+        raise ValueError(f"{name}: expected a factor like 2 or 1.5, got {value!r}") from None
+    if not (number >= 1 and math.isfinite(number)):
+        raise ValueError(f"{name}: must be a finite factor >= 1, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("borderline_runs", _confirm_runs, 4,
             "more re-runs, after the confirm runs, while a latency/CPU verdict would be "
             "'within noise' (0: judge what the confirm runs gave)"),
+    Setting("borderline_spacing", _spacing, 0.5,
+            "pause before each borderline run (then a fresh reference sample), so those runs "
+            "meet other moments of the machine than the first runs did (0: back to back)"),
     Setting("margin", _fraction, 0.10, "relative margin over a latency/CPU budget (0.1 = 10%)"),
     Setting("margin_abs", parse_duration, 0.001, "absolute margin over a latency/CPU budget"),
     Setting("exclude_cpu_wait", _flag, True,
@@ -79,8 +106,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "budgets in reference-machine time: with speed_check, every run is divided by a "
             "reference workload timed right before and after it; without, budgets are scaled "
             "once by the factor measured at start"),
+    Setting("rss_sampling", _flag, False,
+            "measure rss= by sampling the RSS from a thread (psutil, every 2 ms; misses "
+            "shorter peaks) instead of the kernel's high-water mark (Linux VmHWM)"),
     Setting("include_transactions", _flag, False,
             "count BEGIN/COMMIT/ROLLBACK/SAVEPOINT toward query budgets"),
+    Setting("sql_sites", _flag, False,
+            "count every statement's call site (a stack walk per statement, +2-4 us each); "
+            "off: each shape's first call site only"),
     Setting("explain", _flag, True, "EXPLAIN each new statement shape to find full table scans"),
     Setting("xdist", _choice("warn", "enforce"), "warn",
             "under pytest-xdist with >1 worker: 'warn' downgrades latency/CPU failures to "
@@ -90,7 +123,18 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "relative slowdown against the baseline that fails"),
     Setting("baseline_margin_abs", parse_duration, 0.002,
             "absolute slowdown against the baseline that fails"),
+    Setting("profile_on_fail", _flag, True,
+            "when a latency/CPU/baseline budget fails a test that may be re-run, run its "
+            "body once more under cProfile (not judged) and show the top functions"),
     Setting("report", _path, "", "write a JSON report (and an HTML page for .html) to this path"),
+    Setting("file", _path, "",
+            "a TOML file of per-test budgets (one table per node id), applied between the "
+            "defaults and the marker; default: perf-budgets.toml in the rootdir if it exists"),
+    Setting("record_headroom", _headroom, 2.0,
+            "--perf-budget-record writes observed latency, CPU, memory and DB time x this"),
+    Setting("record_count_headroom", _headroom, None,
+            "--perf-budget-record writes observed query counts x this, rounded up (default: "
+            "the count exactly)"),
 )}
 
 
@@ -135,13 +179,15 @@ def add_options(parser: pytest.Parser) -> None:
     )
     for keyword in BUDGET_KEYWORDS.values():
         group.addoption(_cli_name(keyword.name), action="store", default=None,
-                        dest=_dest(keyword.name), help=f"default budget: {keyword.help}")
+                        dest=_dest(keyword.name),
+                        help=f"default budget: {keyword.help}".replace("%", "%%"))
         parser.addini(_dest(keyword.name), f"perfkit default budget: {keyword.help}",
                       default=None)
     for setting in SETTINGS.values():
         if setting.name != "report":
             group.addoption(_cli_name(setting.name), action="store", default=None,
-                            dest=_dest(setting.name), help=setting.help)
+                            dest=_dest(setting.name),  # argparse %-formats help texts
+                            help=setting.help.replace("%", "%%"))
         parser.addini(_dest(setting.name), f"perfkit: {setting.help}", default=None)
 
 

@@ -136,3 +136,41 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+PLUGIN_INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+{extra}
+"""
+
+
+@pytest.fixture
+def inner_ini(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """The pytester of a test that runs inner pytest sessions, with the plugin tests' ini.
+
+    pytest prints whole failure messages in its short summary when ``CI`` or
+    ``BUILD_NUMBER`` is set; the inner session's output must not depend on where the
+    outer one runs, so both are cleared.
+    """
+    pytester: pytest.Pytester = request.getfixturevalue("pytester")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
+    pytester.makeini(PLUGIN_INI.format(extra=""))
+    return pytester
+
+
+@pytest.fixture
+def run(inner_ini: pytest.Pytester):
+    """Run an inner session in-process; ``ini`` lines go to the inner pytest.ini."""
+
+    def runner(source: str, *args: str, ini: str = "") -> pytest.RunResult:
+        inner_ini.makeini(PLUGIN_INI.format(extra=ini))
+        inner_ini.makepyfile(test_inner=source)
+        return inner_ini.runpytest_inprocess(
+            "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            "-W", "ignore::DeprecationWarning", *args,
+        )
+
+    return runner

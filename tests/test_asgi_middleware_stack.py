@@ -377,3 +377,14 @@ async def test_the_stack_answers_as_the_layers_do_on_redis(
             await backend.aclose()
         results.append((seen, dict(cache.stats), metrics(registry)))
     assert results[1] == results[0]
+
+
+async def test_the_cache_counts_into_the_timing_registry() -> None:
+    registry = Registry(process_metrics=False)
+    stack = MiddlewareStack(raw_app(RESPONSES["json, storable"]), timing={"registry": registry})
+    for _ in range(2):
+        await drive(stack, http_scope("/r", "GET", [("accept-encoding", "identity")]))
+    text = registry.render_prometheus()
+    assert 'http_response_cache_events_total{namespace="perfkit.asgi",event="hit",reason=""} 1' in (
+        text)
+    assert "http_requests_total" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 from collections import Counter
@@ -526,6 +527,34 @@ def test_defaults_are_bounded_and_bad_arguments_are_named() -> None:
             ResponseCacheMiddleware(App().starlette, **kwargs)
 
 
+def test_a_backend_that_would_unpickle_unsigned_bytes_is_refused() -> None:
+    # Whoever can write to the Redis could otherwise run code in every worker; the entries
+    # are JSON-safe, so JSON (or signed values) costs nothing.
+    from perfkit import RedisBackend, TieredBackend
+
+    url = "redis://127.0.0.1:6379/0"  # never connected: the check is at construction
+    for backend in (RedisBackend(url), TieredBackend(MemoryBackend(10), RedisBackend(url))):
+        with pytest.raises(ValueError, match=r"backend: .*serializer='json'"):
+            ResponseCacheMiddleware(App().starlette, backend=backend)
+    for backend in (RedisBackend(url, serializer="json"), RedisBackend(url, secret="s"),
+                    TieredBackend(MemoryBackend(10), RedisBackend(url, serializer="json"))):
+        assert ResponseCacheMiddleware(App().starlette, backend=backend).backend is backend
+
+
+def test_an_aiocache_cache_that_unpickles_what_others_wrote_is_refused() -> None:
+    from aiocache import RedisCache, SimpleMemoryCache
+    from aiocache.serializers import JsonSerializer, PickleSerializer
+
+    from perfkit.caching.backends.aiocache import AiocacheBackend
+
+    shared = AiocacheBackend(RedisCache(serializer=PickleSerializer()))  # never connected
+    with pytest.raises(ValueError, match=r"backend: this AiocacheBackend unpickles"):
+        ResponseCacheMiddleware(App().starlette, backend=shared)
+    for backend in (AiocacheBackend(RedisCache(serializer=JsonSerializer())),
+                    AiocacheBackend(SimpleMemoryCache(serializer=PickleSerializer()))):
+        assert ResponseCacheMiddleware(App().starlette, backend=backend).backend is backend
+
+
 # -- real Redis ------------------------------------------------------------------------------
 
 
@@ -562,6 +591,34 @@ async def test_redis_backend_shares_entries_and_invalidations_between_instances(
     assert second.status_code == 203 and second.text == first.text
     assert "stored" in after.headers["cache-status"]
     assert app.calls["/custom"] == 1
+
+
+@pytest.mark.redis
+async def test_concurrent_prefix_invalidations_from_two_workers_all_take_effect(
+    redis_workers: Any, redis_url: str, unique_ns: str,
+) -> None:
+    """The invalidation log is read, extended and written back: two workers doing that at
+    the same moment must not drop each other's records (a lost one serves stale data)."""
+    from perfkit import RedisBackend
+
+    app, worker_a, worker_b = redis_workers
+    paths = [f"/items/{n}" for n in range(8)]
+    async with client(worker_a) as a:
+        for path in paths:
+            await a.get(path)
+    await asyncio.gather(*(
+        (worker_a if n % 2 else worker_b).invalidate_prefix(path)
+        for n, path in enumerate(paths)
+    ))
+    backend = RedisBackend(redis_url, prefix=f"{unique_ns}:", serializer="json")
+    try:
+        fresh = ResponseCacheMiddleware(app.starlette, backend=backend)  # reads the log anew
+        async with client(fresh) as c:
+            statuses = [(await c.get(path)).headers["cache-status"] for path in paths]
+    finally:
+        backend.close()
+    assert [s for s in statuses if "hit" in s] == []
+    assert all(app.calls[path] == 2 for path in paths)
 
 
 @pytest.mark.redis
@@ -881,3 +938,217 @@ async def test_a_stale_hit_is_labelled_stale_in_the_same_second_as_a_fresh_one()
     assert fresh.headers["cache-status"] == "perfkit; hit; ttl=0"
     assert stale.headers["cache-status"] == "perfkit; hit; ttl=-1; detail=stale"
     assert mw.stats["stale"] == 1
+
+
+async def test_a_failed_if_match_on_a_hit_gets_412() -> None:
+    # RFC 9110 §13.1.1: If-Match fails for any method; the hit path must not answer 200
+    # where the ETag layer under it answers 412.
+    from perfkit.asgi import ETagMiddleware
+
+    app = App()
+    mw = ResponseCacheMiddleware(ETagMiddleware(app.starlette), backend=MemoryBackend())
+    async with client(mw) as c:
+        first = await c.get("/items")
+        hit = await c.get("/items", headers={"if-match": '"stale"'})
+        weak = await c.get("/items", headers={"if-match": "W/" + first.headers["etag"]})
+        ok = await c.get("/items", headers={"if-match": first.headers["etag"]})
+    assert hit.status_code == 412 and hit.content == b""
+    assert hit.headers["etag"] == first.headers["etag"]
+    assert "content-type" not in hit.headers
+    assert weak.status_code == 412  # strong comparison: a weak tag never satisfies If-Match
+    assert ok.status_code == 200 and ok.text == first.text
+    assert ok.headers["cache-status"].startswith("perfkit; hit")
+    assert app.calls["/items"] == 1  # the hits never ran the app
+
+
+@pytest.mark.parametrize("condition", [{"if-none-match": "*"}, {"if-match": '"stale"'}])
+async def test_a_conditional_miss_does_not_make_the_path_pass(condition: dict[str, str]) -> None:
+    # A 304/412 answers the client's condition; it says nothing about whether the resource
+    # may be stored. Recording hit-for-pass for it would keep a path uncached after a cold
+    # start, while browsers revalidate.
+    from perfkit.asgi import ETagMiddleware
+
+    app = App()
+    mw = ResponseCacheMiddleware(ETagMiddleware(app.starlette), backend=MemoryBackend())
+    async with client(mw) as c:
+        conditional = await c.get("/page", headers=condition)
+        first = await c.get("/page")
+        second = await c.get("/page")
+    assert conditional.status_code in (304, 412)
+    assert "stored" in first.headers["cache-status"]
+    assert second.headers["cache-status"].startswith("perfkit; hit")
+    assert app.calls["/page"] == 2
+
+
+async def test_the_key_covers_scheme_and_host() -> None:
+    # One path under two hosts (or http and https) is two resources: never one entry.
+    calls = Counter[str]()
+
+    async def where(request: Request) -> Response:
+        calls[request.url.netloc] += 1
+        return PlainTextResponse(f"{request.url.scheme}://{request.url.netloc}",
+                                 headers={"cache-control": "max-age=60"})
+
+    mw = ResponseCacheMiddleware(Starlette(routes=[Route("/w", where)]),
+                                 backend=MemoryBackend())
+    answers = []
+    for base in ("http://a.example", "http://b.example", "https://a.example",
+                 "http://a.example", "https://a.example"):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw),
+                                     base_url=base) as c:
+            answers.append((await c.get("/w")).text)
+    assert answers == ["http://a.example", "http://b.example", "https://a.example",
+                       "http://a.example", "https://a.example"]
+    assert mw.stats["stored"] == 3 and mw.stats["hit"] == 2
+
+
+@pytest.mark.redis
+async def test_tiered_backend_shares_entries_and_invalidations_between_workers(
+    redis_url: str, unique_ns: str,
+) -> None:
+    # Memory over Redis in each worker: B hits what A stored, and B's POST reaches A's L1.
+    from perfkit import RedisBackend, TieredBackend
+
+    app = App()
+    backends = [TieredBackend(MemoryBackend(100), RedisBackend(
+        redis_url, prefix=f"{unique_ns}:", serializer="json")) for _ in range(2)]
+    worker_a, worker_b = (ResponseCacheMiddleware(app.starlette, backend=b) for b in backends)
+    try:
+        async with client(worker_a) as a, client(worker_b) as b:
+            first = await a.get("/items/1")
+            from_b = await b.get("/items/1")
+            again_a = await a.get("/items/1")
+            await b.put("/items/1")
+            after = None
+            for _ in range(40):  # bounded: the L1 drop arrives by Redis pub/sub
+                after = await a.get("/items/1")
+                if "stored" in after.headers["cache-status"]:
+                    break
+                await anyio.sleep(0.05)
+        assert from_b.headers["cache-status"].startswith("perfkit; hit")
+        assert from_b.text == first.text == again_a.text
+        assert after is not None and "stored" in after.headers["cache-status"]
+        assert after.text != first.text
+    finally:
+        backends[0].l2.clear_namespace("perfkit.asgi")
+        for backend in backends:
+            backend.close()
+
+
+async def test_an_unsafe_request_invalidates_its_content_location_too() -> None:
+    calls = Counter[str]()
+
+    async def doc(request: Request) -> Response:
+        calls[request.url.path] += 1
+        if request.method == "PATCH":  # answers with the changed document's own URI
+            return PlainTextResponse("patched", headers={"content-location": "/docs/7?v=2"})
+        return PlainTextResponse(f"{request.url.path} {calls[request.url.path]}",
+                                 headers={"cache-control": "max-age=60"})
+
+    mw = ResponseCacheMiddleware(Starlette(routes=[
+        Route("/docs/{id}", doc), Route("/edit/{id}", doc, methods=["PATCH"])]),
+        backend=MemoryBackend())
+    async with client(mw) as c:
+        await c.get("/docs/7")
+        await c.get("/docs/8")
+        await c.patch("/edit/7")
+        seven = await c.get("/docs/7")
+        eight = await c.get("/docs/8")
+    assert "stored" in seven.headers["cache-status"] and seven.text == "/docs/7 2"
+    assert eight.headers["cache-status"].startswith("perfkit; hit")
+
+
+async def test_a_range_request_first_does_not_make_the_path_pass(tmp_path: Any) -> None:
+    # A 206 answers the client's Range (a video player, a resumed download); the full
+    # representation may still be stored, so it must not record hit-for-pass either.
+    from starlette.responses import FileResponse
+
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"0123456789" * 100)
+    calls = Counter[str]()
+
+    async def file(request: Request) -> Response:
+        calls["f"] += 1
+        return FileResponse(path, headers={"cache-control": "max-age=60"})
+
+    mw = ResponseCacheMiddleware(Starlette(routes=[Route("/f", file)]), backend=MemoryBackend())
+    async with client(mw) as c:
+        partial = await c.get("/f", headers={"range": "bytes=0-9"})
+        full = await c.get("/f")
+        hit = await c.get("/f")
+    assert partial.status_code == 206 and partial.content == b"0123456789"
+    assert partial.headers["cache-status"].endswith("detail=partial")
+    assert "stored" in full.headers["cache-status"] and len(full.content) == 1000
+    assert hit.headers["cache-status"].startswith("perfkit; hit") and hit.content == full.content
+    assert calls["f"] == 2
+
+
+async def test_every_decision_is_exported_to_the_registry_with_its_reason() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from perfkit import Registry
+
+    registry = Registry(process_metrics=False)
+    _app, mw = cached(registry=registry)
+    _other, second = cached(registry=registry, namespace="second")
+    async with client(mw) as c, client(second) as c2:
+        await c.get("/page")
+        await c.get("/page")
+        await c.get("/page", headers={"authorization": "Bearer alice-token"})
+        await c.get(q("cache-control:no-store"))
+        await c2.get("/page")
+    text = registry.render_prometheus()
+    assert "alice-token" not in text and "/page" not in text  # no key material
+    family = {f.name: f for f in text_string_to_metric_families(text)}[
+        "http_response_cache_events"]
+    assert family.type == "counter" and family.documentation
+    seen = {(s.labels["namespace"], s.labels["event"], s.labels["reason"]): s.value
+            for s in family.samples if s.name.endswith("_total")}
+    assert seen[("perfkit.asgi", "hit", "")] == 1
+    assert seen[("perfkit.asgi", "stored", "")] == 1
+    assert seen[("perfkit.asgi", "bypass", "authorization")] == 1
+    assert seen[("perfkit.asgi", "not-stored", "no-store")] == 1
+    assert seen[("second", "stored", "")] == 1  # two caches on one registry: both counted
+
+
+@pytest.mark.redis
+async def test_redis_keys_length_prefix_varied_values_and_hold_none_of_them(
+    redis_workers: Any,
+) -> None:
+    # A shared backend gets a SHA-256 of netstring-framed fields: ("gh", "i") and
+    # ("g", "hi") must stay two entries, and no header value may appear in a Redis key
+    # (the values use letters a hex digest cannot contain).
+    app, worker, _ = redis_workers
+    url = "/vary?vary=X-A, X-B"
+    async with client(worker) as c:
+        one = await c.get(url, headers={"x-a": "gh", "x-b": "i"})
+        two = await c.get(url, headers={"x-a": "g", "x-b": "hi"})
+        again = await c.get(url, headers={"x-b": "i", "x-a": "gh"})
+    assert "stored" in one.headers["cache-status"] and "stored" in two.headers["cache-status"]
+    assert one.text != two.text
+    assert again.headers["cache-status"].startswith("perfkit; hit") and again.text == one.text
+    assert app.calls["/vary"] == 2
+    keys = [k.decode() for k in worker.backend.client.keys(f"{worker.backend.prefix}*")]
+    assert keys and not any("gh" in k or "hi" in k for k in keys)
+
+
+async def test_a_conditional_request_never_leads_a_stampede_it_cannot_share() -> None:
+    # A 304 (or 206) answers one client only: if the first of a burst of misses is
+    # conditional and leads the single flight, every follower runs the handler itself.
+    from perfkit.asgi import ETagMiddleware
+
+    app = App()
+    mw = ResponseCacheMiddleware(ETagMiddleware(app.starlette), backend=MemoryBackend())
+    statuses: list[int] = []
+
+    async with client(mw) as c:
+        async def one(headers: dict[str, str]) -> None:
+            statuses.append((await c.get("/slow", headers=headers)).status_code)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, {"if-none-match": "*"})
+            await anyio.sleep(0.01)  # the conditional request is in the handler first
+            for _ in range(20):
+                tg.start_soon(one, {})
+    assert sorted(statuses) == [200] * 20 + [304]
+    assert app.calls["/slow"] == 2  # the conditional one, and one for the twenty

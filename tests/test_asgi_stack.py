@@ -5,6 +5,7 @@ through a real uvicorn server on loopback: built from the four middleware, and a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import threading
 import time
@@ -12,14 +13,19 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
+from _asgi_support import body, drive, http_scope, raw_app, start
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from perfkit import MemoryBackend, Registry
 from perfkit.asgi import (
@@ -137,6 +143,160 @@ async def test_streams_pass_through_the_stack_uncached_and_uncompressed(stacked:
     assert r.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert "content-encoding" not in r.headers
     assert r.headers["cache-status"].endswith("detail=streaming")
+
+
+async def test_head_from_a_cached_get_has_the_get_validators_for_a_gzip_client(
+    stacked: bool,
+) -> None:
+    # RFC 9110 §9.3.2: HEAD gets the header fields GET would. A hit answers HEAD without a
+    # body, so compression cannot measure it, but the coding and the ETag must match GET's.
+    reg = Registry(process_metrics=False)
+    app, calls = build(reg, stacked=stacked)
+    async with client(app) as c:
+        for accept in ("gzip", "identity"):
+            get = await c.get("/rows/3", headers={"accept-encoding": accept})
+            head = await c.head("/rows/3", headers={"accept-encoding": accept})
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["cache-status"].startswith("perfkit; hit")
+            assert head.headers["etag"] == get.headers["etag"]
+            assert head.headers.get("content-encoding") == get.headers.get("content-encoding")
+            assert head.headers["vary"] == get.headers["vary"]
+            assert head.headers.get("content-length", get.headers["content-length"]) == (
+                get.headers["content-length"])
+    assert calls["rows"] == 1
+
+
+# -- ASGI hygiene, for every layer and the stack --------------------------------------------
+
+def _layer(name: str, app: Any) -> Any:
+    registry = Registry(process_metrics=False)
+    return {
+        "etag": lambda: ETagMiddleware(app),
+        "compression": lambda: CompressionMiddleware(app),
+        "cache": lambda: ResponseCacheMiddleware(app, backend=MemoryBackend(maxsize=100)),
+        "timing": lambda: TimingMiddleware(app, registry=registry),
+        "layers": lambda: TimingMiddleware(CompressionMiddleware(ResponseCacheMiddleware(
+            ETagMiddleware(app), backend=MemoryBackend(maxsize=100))), registry=registry),
+        "MiddlewareStack": lambda: MiddlewareStack(
+            app, timing={"registry": registry}, cache={"backend": MemoryBackend(maxsize=100)}),
+    }[name]()
+
+
+LAYER_NAMES = ["etag", "compression", "cache", "timing", "layers", "MiddlewareStack"]
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+@pytest.mark.parametrize("size", [10, 3000])  # under and over compression's minimum_size
+async def test_unknown_messages_pass_every_layer_unchanged_and_in_order(
+    name: str, size: int,
+) -> None:
+    hint = {"type": "http.response.early_hint", "links": ["</a.css>; rel=preload"]}
+    debug = {"type": "http.response.debug", "info": {"template": "x"}}
+    trailers = {"type": "http.response.trailers", "headers": [(b"x-checksum", b"1")],
+                "more_trailers": False}
+    messages = [hint, start(200, [("content-type", "text/plain"),
+                                  ("cache-control", "max-age=60")]),
+                debug, body(b"x" * size), trailers]
+    app = _layer(name, raw_app(messages))
+    for accept in ("gzip", "identity", "gzip"):
+        sent = await drive(app, http_scope("/", headers=[("accept-encoding", accept)]))
+        assert [m["type"] for m in sent] == [m["type"] for m in messages]
+        assert sent[0] == hint and sent[2] == debug and sent[4] == trailers
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+@pytest.mark.parametrize("when", ["before the start", "after the first chunk"])
+async def test_the_apps_exception_comes_out_unchanged_and_a_context_var_stays_visible(
+    name: str, when: str,
+) -> None:
+    # Pure ASGI: the app runs in the caller's task, so what it sets in a ContextVar is
+    # visible after the call (unlike BaseHTTPMiddleware), and its exception is its own
+    # (not an ExceptionGroup, not a 500 response).
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        var.set("set by the endpoint")
+        await raw_app([start(200, [("content-type", "text/plain")]), body(b"x" * 900)])(
+            scope, receive, send)
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        if when != "before the start":
+            await send(start(200, [("content-type", "text/plain")]))
+            await send(body(b"x" * 900, more=True))
+        raise Boom("the app's own")
+
+    scope = http_scope("/", headers=[("accept-encoding", "gzip")])
+    await drive(_layer(name, ok), scope)
+    assert var.get() == "set by the endpoint"
+    with pytest.raises(Boom, match="the app's own"):
+        await drive(_layer(name, broken), http_scope("/", headers=[("accept-encoding", "gzip")]))
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+async def test_a_background_task_runs_after_the_response_and_does_not_delay_it(
+    name: str,
+) -> None:
+    events: list[str] = []
+
+    async def task() -> None:
+        events.append("task started")
+        await asyncio.sleep(0.3)
+        events.append("task done")
+
+    async def endpoint(request: Request) -> Response:
+        return JSONResponse(ROWS, headers={"cache-control": "max-age=60"},
+                            background=BackgroundTask(task))
+
+    app = _layer(name, Starlette(routes=[Route("/", endpoint)]))
+    began = time.perf_counter()
+    seen: dict[str, float] = {}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            seen["body"] = time.perf_counter() - began
+            events.append("body")
+
+    async def receive() -> Any:
+        await asyncio.sleep(10)  # the client stays connected
+        return {"type": "http.disconnect"}
+
+    scope = http_scope("/", headers=[("accept-encoding", "gzip")])
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    assert events == ["body", "task started", "task done"]
+    assert seen["body"] < 0.2  # the last byte went out before the 300 ms task, not after
+
+
+async def test_concurrent_requests_through_the_stack_interleave_safely(stacked: bool) -> None:
+    async def echo(request: Request) -> Response:
+        n = int(request.path_params["n"])
+        await anyio.sleep(0.001 * (n % 5))  # finish in another order than started
+        return JSONResponse([n] * 400, headers={"cache-control": "max-age=60"})
+
+    reg = Registry(process_metrics=False)
+    inner = Starlette(routes=[Route("/n/{n}", echo)])
+    if stacked:
+        app: Any = MiddlewareStack(inner, timing={"registry": reg},
+                                   cache={"backend": MemoryBackend(maxsize=100)})
+    else:
+        app = _layer("layers", inner)
+    results: list[tuple[int, str, Any, str | None]] = []
+
+    async with client(app) as c:
+        async def one(n: int, accept: str) -> None:
+            r = await c.get(f"/n/{n}", headers={"accept-encoding": accept})
+            results.append((n, accept, r.json(), r.headers.get("content-encoding")))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(one, i % 12, "gzip" if i % 2 else "identity")
+    assert len(results) == 60
+    for n, accept, payload, coding in results:
+        assert payload == [n] * 400
+        assert coding == ("gzip" if accept == "gzip" else None)
 
 
 # -- a real server ------------------------------------------------------------------------

@@ -286,3 +286,20 @@ async def test_ttfb_histogram_is_opt_in() -> None:
 def test_bad_arguments_name_the_parameter() -> None:
     with pytest.raises(ValueError, match="max_series"):
         TimingMiddleware(lambda s, r, se: None, max_series=0)  # type: ignore[arg-type,return-value]
+
+
+async def test_server_timing_names_are_tokens_and_descriptions_are_quoted() -> None:
+    reg = Registry(process_metrics=False)
+
+    async def endpoint(request: Request) -> Response:
+        with span('db query; "x", y', desc='say "hi"\\'):
+            pass
+        return PlainTextResponse("ok")
+
+    app = TimingMiddleware(Starlette(routes=[Route("/", endpoint)]), registry=reg,
+                           server_timing=True)
+    async with client(app) as c:
+        r = await c.get("/")
+    entries = r.headers["server-timing"].split(", ")
+    assert [e.split(";")[0] for e in entries] == ["app", "db_query___x___y"]
+    assert entries[1].endswith(';desc="say \\"hi\\"\\\\"')

@@ -140,3 +140,34 @@ def test_switching_stale_ttl_on_and_off_never_mixes_entry_shapes(backend, unique
     assert first("ab") == "vab"
     first.cache_clear()
     second.cache_clear()
+
+
+def test_memory_backend_drops_expired_entries_without_reads_when_bounded() -> None:
+    # A bounded table full of expired entries that are never read again: writes of other
+    # keys clear them out (one scan per table's worth of writes), not only LRU pressure.
+    now = [0.0]
+    backend = MemoryBackend(maxsize=10_000, timer=lambda: now[0])
+    for i in range(3000):
+        backend.set(("old", i), i, 1.0)
+    now[0] = 5.0  # every "old" entry has expired; none is read again
+    for i in range(3000):
+        backend.set(("new", i), i, None)
+    assert len(backend._data) == 3000
+    assert all(key[0] == "new" for key in backend._data)
+
+
+def test_no_single_set_pays_for_sweeping_the_whole_table() -> None:
+    # The scan for expired entries is spread over the sets after it starts, a few keys
+    # each: a set never stalls for a table's worth of work (seconds of it at a few million).
+    now = [0.0]
+    backend = MemoryBackend(maxsize=100_000, timer=lambda: now[0])
+    for i in range(5000):
+        backend.set(("old", i), i, 1.0)
+    now[0] = 5.0
+    dropped = []
+    for i in range(20_000):
+        before = len(backend._data)
+        backend.set(("new", i), i, None)
+        dropped.append(before + 1 - len(backend._data))
+    assert sum(dropped) == 5000  # every expired entry went, without a read
+    assert max(dropped) <= 16

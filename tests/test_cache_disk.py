@@ -383,3 +383,80 @@ def test_three_tier_argument_errors(tmp_path):
         TieredBackend(MemoryBackend(), DiskBackend(tmp_path), l2_writes="on_evict")
     with pytest.raises(TypeError, match="l3"):
         TieredBackend(MemoryBackend(), DiskBackend(tmp_path), "redis://x")  # type: ignore[arg-type]
+
+
+def _open_files(directory):
+    import psutil
+
+    return [f.path for f in psutil.Process().open_files() if f.path.startswith(str(directory))]
+
+
+async def test_close_closes_every_threads_connection_and_a_later_call_reopens(tmp_path):
+    backend = DiskBackend(tmp_path / "cache")
+    # async calls run in asyncio.to_thread's workers, each with its own connection
+    import asyncio
+
+    await asyncio.gather(*(backend.aset(("ns", f"k{i}"), i, None) for i in range(8)))
+    assert await backend.aget(("ns", "k3")) == 3
+    assert _open_files(tmp_path) != []
+    backend.close()
+    assert _open_files(tmp_path) == []
+    assert backend.get(("ns", "k5")) == 5  # reopens on use
+    assert await backend.aget(("ns", "k6")) == 6  # and so do the worker threads
+    backend.close()
+    assert _open_files(tmp_path) == []
+
+
+def test_a_finished_threads_connection_is_closed_when_another_opens(tmp_path):
+    backend = DiskBackend(tmp_path / "cache")
+    backend.close()
+    used = []
+
+    def work():
+        backend.set(("ns", "k"), 1, None)
+        used.append(backend._local.db)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    used[0].execute("SELECT 1")  # still open: nothing has noticed its thread ended
+    assert backend.get(("ns", "k")) == 1  # this thread connects, and closes the dead one's
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        used[0].execute("SELECT 1")
+    backend.close()
+    assert _open_files(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_closes_the_parents_connections(tmp_path):
+    # SQLite: a connection carried across fork() must not be used, nor closed, in the child.
+    backend = DiskBackend(tmp_path / "cache")
+    parents = []
+
+    def work():
+        backend.set(("ns", "w"), 1, None)
+        parents.append(backend._local.db)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    backend.set(("ns", "k"), 1, None)
+    parents.append(backend._local.db)
+    pid = os.fork()
+    if pid == 0:  # the child: connect, then close, and report what became of the parent's
+        code = 0
+        try:
+            assert backend.get(("ns", "k")) == 1
+            backend.close()
+            for db in parents:
+                try:
+                    db.total_changes  # noqa: B018 (raises once closed)
+                except sqlite3.ProgrammingError:
+                    code = 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.get(("ns", "w")) == 1
+    backend.close()

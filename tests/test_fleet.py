@@ -84,6 +84,36 @@ def test_two_processes_one_view(redis_url: str, prefix: str) -> None:
     assert sink.flush()
 
 
+def test_a_local_reset_between_pushes_loses_and_invents_nothing(
+    redis_url: str, prefix: str,
+) -> None:
+    """After ``registry.reset()``, the next push sends everything recorded since the reset,
+    even when more was recorded than before it (no negative or missing deltas)."""
+    registry = Registry(process_metrics=False)
+    sink = RedisSink(registry, redis_url, prefix=prefix, interval=60)
+    requests = registry.counter("requests", "Requests")
+    latency = registry.histogram("latency_seconds", "Latency", buckets=(0.01, 1.0))
+    requests.inc(5)
+    for _ in range(3):
+        latency.observe(0.5)
+    assert sink.flush()
+    registry.reset()
+    requests.inc(7)  # more than before the reset
+    for _ in range(5):
+        latency.observe(0.001)  # and into another bucket
+    assert sink.flush()
+    viewer = Registry(process_metrics=False)
+    RedisSink(viewer, redis_url, prefix=prefix, interval=60)
+    families = {f.name: f for f in text_string_to_metric_families(viewer.render_prometheus())}
+    assert families["requests"].samples[0].value == 12
+    buckets = {s.labels["le"]: s.value for s in families["latency_seconds"].samples
+               if s.name == "latency_seconds_bucket"}
+    assert buckets == {"0.01": 5, "1.0": 8, "+Inf": 8}
+    count = [s.value for s in families["latency_seconds"].samples
+             if s.name == "latency_seconds_count"]
+    assert count == [8]
+
+
 def test_retention_is_set_on_every_key(redis_url: str, prefix: str) -> None:
     import redis
 

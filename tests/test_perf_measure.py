@@ -243,6 +243,59 @@ def test_in_reference_machine_time_only_slowness_both_references_see_is_excused(
     assert alone.factors() == pytest.approx([2.1]) and alone.alu_factors() == []
 
 
+def test_a_run_after_a_pause_is_judged_beside_its_own_samples_only() -> None:
+    # Two back-to-back runs at a moment the reference read 2x; then a pause and a run at a
+    # moment it read 1x. The spaced run is divided by the samples right before and right
+    # after it (1.0, 1.0), never by the 2x sample taken before the pause.
+    slept: list[float] = []
+    runs = TimedRuns(lambda t: t.own, _Speed(0.0016, [0.0032, 0.0032, 0.0016, 0.0016]),
+                     reference=0.0016, sleep=slept.append)
+    runs.lead(0.0032)
+    runs.add(_cpu_timing(0.040))
+    runs.check_speed()
+    runs.add(_cpu_timing(0.040))
+    runs.check_speed()
+    runs.pause(0.5)
+    assert slept == [0.5]
+    runs.add(_cpu_timing(0.020))
+    assert not runs.sampled_after_last()
+    assert runs.factors() == pytest.approx([2.0, 2.0, 1.0])  # only the sample before it yet
+    runs.check_speed()
+    assert runs.sampled_after_last()
+    assert runs.factors() == pytest.approx([2.0, 2.0, 1.0])
+    assert runs.samples("latency") == pytest.approx([0.020, 0.020, 0.020])
+    summary = runs.summary(cpu_wait_excluded=True)
+    assert summary["pauses"] == [0.5] and summary["reference_runs"] == 5
+    # Without the pause the same third run would have been averaged with the 2x sample.
+    plain = TimedRuns(lambda t: t.own, _Speed(0.0016, [0.0032, 0.0016]), reference=0.0016)
+    plain.lead(0.0032)
+    plain.add(_cpu_timing(0.040))
+    plain.check_speed()
+    plain.add(_cpu_timing(0.020))
+    plain.check_speed()
+    assert plain.factors() == pytest.approx([2.0, 1.5])
+    # Without the speed check a pause only waits; a zero pause does not sleep at all.
+    off = TimedRuns(lambda t: t.own, None, sleep=slept.append)
+    off.add(_cpu_timing(0.010))
+    off.pause(0)
+    off.add(_cpu_timing(0.010))
+    assert slept == [0.5] and off.references == [] and off.factors() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="seconds"):
+        off.pause(-1)
+
+
+def test_runs_report_when_they_started() -> None:
+    runs = TimedRuns(lambda t: t.own, None)
+    for seconds in (0.0, 0.02):
+        timer = CallTimer(collect=False)
+        with timer:
+            time.sleep(seconds)
+        runs.add(timer.timing)
+    offsets = runs.summary(cpu_wait_excluded=True)["offsets"]
+    assert offsets[0] == 0.0 and offsets[1] > 0.0
+    assert offsets[1] >= runs.timings[0].wall
+
+
 def test_the_arithmetic_reference_needs_a_fixed_reference_and_a_sample_beside_the_lead(
 ) -> None:
     with pytest.raises(ValueError, match="alu_reference"):
@@ -404,3 +457,37 @@ async def test_abenchmark_awaits_the_callable() -> None:
     assert result.value == "done" and result.rounds >= 5
     with pytest.raises(TypeError, match="abenchmark"):
         benchmark(work)
+
+
+def _busy_helper() -> int:
+    return sum(i * i for i in range(20_000))
+
+
+def test_profile_call_keeps_top_functions_marks_user_code_and_survives_errors() -> None:
+    import sys
+
+    from perfkit.measure.profile import profile_call
+
+    result = profile_call(_busy_helper, top=3)
+    assert not result.error and result.seconds > 0
+    assert len(result.by_own) <= 3 and len(result.by_cumulative) <= 3
+    helper = next(e for e in result.by_cumulative if e.function == "_busy_helper")
+    assert helper.user and helper.calls == 1 and helper.location.endswith(
+        f"test_perf_measure.py:{_busy_helper.__code__.co_firstlineno}")
+    assert "<- test code" in "\n".join(result.lines())
+
+    def failing() -> None:
+        _busy_helper()
+        raise ValueError("boom")
+
+    failed = profile_call(failing)
+    assert failed.error == "ValueError: boom"  # not raised; the profile up to it is kept
+    assert any(e.function == "_busy_helper" for e in failed.by_cumulative)
+
+    sys.setprofile(lambda *args: None)  # another profiler: never replaced behind its back
+    try:
+        refused = profile_call(_busy_helper)
+    finally:
+        sys.setprofile(None)
+    assert refused.error.startswith("another profiler is active") and not refused.by_own
+    assert refused.lines() == [f"profile: not taken ({refused.error})"]

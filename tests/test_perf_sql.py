@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from perfkit.sql import QueryTracker, check_plan, normalize
-from perfkit.sql.explain import filter_columns, table_aliases
+from perfkit.sql.explain import ScanFinding, filter_columns, table_aliases
 from perfkit.sql.shapes import is_transaction_control
+from perfkit.sql.tracker import MAX_SITES
 
 
 @pytest.mark.parametrize(("sql", "shape"), [
@@ -88,6 +89,21 @@ def test_sqlite_automatic_index_is_a_missing_join_index(sqlite_conn: sqlite3.Con
     assert "CREATE INDEX ix_orders_customer_id ON orders (customer_id)" in suggestions
 
 
+def test_each_index_suggestion_also_gives_the_alembic_op(
+        sqlite_conn: sqlite3.Connection) -> None:
+    sql = ("SELECT * FROM customers c JOIN orders o ON o.customer_id = c.id "
+           "WHERE c.email = ? AND c.id > ?")
+    check = check_plan("sqlite", sqlite_conn, sql, ("x", 1), normalize(sql))
+    assert {f.alembic for f in check.findings} >= {
+        'op.create_index("ix_orders_customer_id", "orders", ["customer_id"])'}
+    quoted = ScanFinding('"Order"', "SCAN", ('"note"', "total"))
+    assert quoted.suggestion == 'CREATE INDEX ix_Order_note_total ON "Order" ("note", total)'
+    assert quoted.alembic == 'op.create_index("ix_Order_note_total", "Order", ["note", "total"])'
+    assert quoted.fix == f"{quoted.suggestion}; Alembic: {quoted.alembic}"
+    unknown = ScanFinding("orders", "SCAN")  # no columns known: no op to write
+    assert unknown.alembic == "" and unknown.fix == unknown.suggestion
+
+
 def test_explain_failure_is_a_note(sqlite_conn: sqlite3.Connection) -> None:
     check = check_plan("sqlite", sqlite_conn, "SELECT * FROM missing_table WHERE a = ?", (1,),
                        "SELECT * FROM missing_table WHERE a = ?")
@@ -149,6 +165,67 @@ def test_tracker_counts_shapes_callers_and_excludes_transaction_control(
     assert tracker.count == 2
 
 
+def test_tracker_counts_each_call_site_of_a_shape_bounded(sqlite_engine: sa.Engine,
+                                                          tmp_path) -> None:
+    query = sa.text("SELECT id FROM pk_sql_authors WHERE id = :i")
+
+    def from_helper(conn: sa.Connection) -> None:
+        conn.execute(query, {"i": 1})  # line A
+
+    with QueryTracker(explain=False, sites=True) as tracker, sqlite_engine.connect() as conn:
+        conn.execute(query, {"i": 2})  # line B: first, once
+        for _ in range(3):
+            from_helper(conn)
+    helper_site = f"{__file__}:{from_helper.__code__.co_firstlineno + 1} in from_helper"
+    (summary,) = tracker.shapes
+    first = summary.caller
+    assert first.startswith(__file__) and first.endswith(
+        "in test_tracker_counts_each_call_site_of_a_shape_bounded")
+    assert summary.top_sites() == [(helper_site, 3), (first, 1)]  # most first
+    assert [s.caller for s in tracker.statements] == [first] + [helper_site] * 3
+
+    with QueryTracker(explain=False) as tracker, sqlite_engine.connect() as conn:
+        conn.execute(query, {"i": 2})
+        from_helper(conn)
+    (summary,) = tracker.shapes  # by default no per-statement walk: the first site only
+    assert summary.caller.startswith(__file__) and summary.sites == {}
+    assert {s.caller for s in tracker.statements} == {summary.caller}
+
+    # Past MAX_SITES distinct sites, executions are counted together, not per site.
+    with QueryTracker(explain=False, sites=True) as tracker, sqlite_engine.connect() as conn:
+        for index in range(MAX_SITES + 5):
+            code = compile("conn.execute(query, {'i': 1})", str(tmp_path / f"gen{index}.py"),
+                           "exec")
+            exec(code, {"conn": conn, "query": query})
+    (summary,) = tracker.shapes
+    assert len(summary.sites) == MAX_SITES and summary.other_sites == 5
+    assert summary.count == MAX_SITES + 5
+    assert len(summary.top_sites()) == 5 and summary.top_sites(100)[0][1] == 1
+
+
+def test_n_plus_one_findings_name_every_call_site_with_counts(
+        sqlite_engine: sa.Engine) -> None:
+    query = sa.text("SELECT id FROM pk_sql_authors WHERE email = :e")
+
+    def from_a(conn: sa.Connection) -> None:
+        conn.execute(query, {"e": "a1@x"})
+
+    def from_b(conn: sa.Connection) -> None:
+        conn.execute(query, {"e": "a2@x"})
+
+    with QueryTracker(explain=False, sites=True) as tracker, sqlite_engine.connect() as conn:
+        from_b(conn)
+        for _ in range(3):
+            from_a(conn)
+        from_b(conn)
+    (finding,) = tracker.n_plus_one_findings()  # the same SELECT 5 times
+    a = f"{__file__}:{from_a.__code__.co_firstlineno + 1} in from_a"
+    b = f"{__file__}:{from_b.__code__.co_firstlineno + 1} in from_b"
+    assert finding.caller == b  # the first site, as before
+    assert finding.sites == ((a, 3), (b, 2))
+    assert f"at {a} (3x), {b} (2x); fix:" in finding.describe()
+
+
 def test_tracker_sees_other_threads_and_engines_created_later(tmp_path) -> None:
     with QueryTracker() as tracker:
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'late.sqlite'}")  # created after start
@@ -201,6 +278,35 @@ def test_n_plus_one_rules_and_hints(sqlite_engine: sa.Engine) -> None:
         for i in range(3):
             conn.execute(sa.text(f"SELECT email FROM pk_sql_authors WHERE id = {i}"))
     assert allowed.n_plus_one_findings() == []
+
+
+def test_an_autoflush_before_a_lazy_load_does_not_take_its_label(
+    sqlite_engine: sa.Engine,
+) -> None:
+    with QueryTracker() as tracker, Session(sqlite_engine) as session:
+        authors = session.scalars(sa.select(Author)).all()
+        for i, author in enumerate(authors):
+            session.add(Author(email=f"new{i}"))  # pending: flushed before the lazy load
+            _ = author.books
+    inserts = [s for s in tracker.statements if s.shape.startswith("INSERT")]
+    assert len(inserts) == 4 and all(s.lazy is None for s in inserts)
+    [finding] = tracker.n_plus_one_findings()
+    assert finding.shape.startswith("SELECT pk_sql_books.id") and finding.count == 4
+    assert "Author.books lazily loaded for 4 parents" in finding.message
+
+
+def test_expired_column_reloads_are_an_n_plus_one_with_their_own_hint(
+    sqlite_engine: sa.Engine,
+) -> None:
+    with QueryTracker(n_plus_one=0) as tracker, Session(sqlite_engine) as session:
+        authors = session.scalars(sa.select(Author)).all()
+        session.commit()  # expires every loaded attribute
+        emails = [author.email for author in authors]  # one refresh per author
+    assert len(emails) == 4
+    findings = tracker.n_plus_one_findings()
+    assert [f.message for f in findings] == [
+        "N+1: Author.<columns> lazily loaded for 4 parents (4 queries)"]
+    assert "expire_on_commit=False" in findings[0].hint and "undefer" in findings[0].hint
 
 
 def test_async_engine_statements_are_seen(tmp_path) -> None:
@@ -258,7 +364,9 @@ def test_postgres_scan_in_savepoint_leaves_the_transaction_alone(
             assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 21
             trans.rollback()
         scans = tracker.scan_findings()
-        assert [f.hint for f in scans] == [f"CREATE INDEX ix_{table}_email ON {table} (email)"]
+        assert [f.hint for f in scans] == [
+            f"CREATE INDEX ix_{table}_email ON {table} (email); "
+            f'Alembic: op.create_index("ix_{table}_email", "{table}", ["email"])']
         with QueryTracker() as autocommit_tracker, engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f"SELECT * FROM {table} WHERE email = :e"), {"e": "u4"})
@@ -289,7 +397,22 @@ def test_mariadb_full_scan(unique_ns: str) -> None:
             conn.execute(sa.text(f"SELECT * FROM {table} WHERE email = :e"), {"e": "b"})
             conn.execute(sa.text(f"SELECT * FROM {table} WHERE id = :i"), {"i": 2})
         assert [f.hint for f in tracker.scan_findings()] == [
-            f"CREATE INDEX ix_{table}_email ON {table} (email)"]
+            f"CREATE INDEX ix_{table}_email ON {table} (email); "
+            f'Alembic: op.create_index("ix_{table}_email", "{table}", ["email"])']
+        # Streamed rows (yield_per / stream_results: an unbuffered cursor) are the user's
+        # until read: an EXPLAIN on the same connection used to discard them ([] and None).
+        with QueryTracker() as tracker, engine.connect() as conn:
+            streamed = conn.execute(sa.text(f"SELECT * FROM {table} WHERE email = :e")
+                                    .execution_options(stream_results=True), {"e": "b"})
+            assert streamed.fetchall() == [(2, "b")]
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 3
+            assert [f.message for f in tracker.findings()] == [
+                "could not check the plan: EXPLAIN skipped: its rows were streaming from a "
+                "server-side cursor (checked when the statement runs buffered)"]
+            conn.execute(sa.text(f"SELECT * FROM {table} WHERE email = :e"), {"e": "c"})
+        assert [f.hint for f in tracker.findings()] == [
+            f"CREATE INDEX ix_{table}_email ON {table} (email); "
+            f'Alembic: op.create_index("ix_{table}_email", "{table}", ["email"])']
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

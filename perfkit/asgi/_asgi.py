@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from perfkit.http_rules import not_modified_headers
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -54,6 +56,20 @@ def content_length(headers: Any) -> int | None:
 
 def empty_body() -> Message:
     return {"type": BODY, "body": b"", "more_body": False}
+
+
+SCOPE_304_TYPE = "perfkit.304_content_type"
+"""Scope key where a layer that answers 304 for a 200 leaves that 200's Content-Type, which
+the 304 must not carry, so that compression can add the ``Vary`` the 200 had (§15.4.5)."""
+
+
+def not_modified_start(headers: Any, scope: Scope) -> Message:
+    """The 304 start for a 200 with ``headers``: the fields a 304 keeps (RFC 9110 §15.4.5)."""
+    for key, value in headers:
+        if key.lower() == b"content-type":
+            scope[SCOPE_304_TYPE] = value
+            break
+    return {"type": START, "status": 304, "headers": not_modified_headers(headers)}
 
 
 SCOPE_HEADERS = "perfkit.headers"

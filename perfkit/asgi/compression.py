@@ -20,6 +20,7 @@ from typing import Any
 from perfkit.asgi._asgi import (
     BODY,
     READY,
+    SCOPE_304_TYPE,
     START,
     ASGIApp,
     Message,
@@ -135,7 +136,7 @@ class CompressionMiddleware:
                 suffixed = True
                 # In place, not a copy: outer layers (timing) must see what the router adds.
                 scope["headers"] = _unsuffix_conditions(scope["headers"])
-        await self.app(scope, receive, _Responder(self, send, gzip, suffixed).send)
+        await self.app(scope, receive, _Responder(self, send, gzip, suffixed, scope).send)
 
 
 _START, _PASS, _HOLD, _STREAM = 0, 1, 2, 3
@@ -150,14 +151,15 @@ class _Responder:
     it holds the start for the first body chunk or compresses.
     """
 
-    __slots__ = ("compressor", "gzip", "held", "mw", "out", "state", "suffixed")
+    __slots__ = ("compressor", "gzip", "held", "mw", "out", "scope", "state", "suffixed")
 
     def __init__(self, mw: CompressionMiddleware, send: Send, gzip: bool,
-                 suffixed: bool) -> None:
+                 suffixed: bool, scope: Scope) -> None:
         self.mw = mw
         self.out = send
         self.gzip = gzip
         self.suffixed = suffixed
+        self.scope = scope
         self.held: Message = _NOTHING
         self.compressor: Any = None
         self.state = _START
@@ -179,10 +181,12 @@ class _Responder:
         status: int = message["status"]
         headers = message.get("headers", ())
         if status == 304:
-            if self.suffixed:
+            # The Vary the 200 had (§15.4.5): a perfkit 304 names the 200's Content-Type.
+            content_type = self.scope.get(SCOPE_304_TYPE)
+            if self.suffixed or (content_type and self.mw.compressible(content_type)):
                 headers = list(headers)
-                # The client holds the gzip variant: echo its tag.
-                _suffix_etag(headers, weak=self.mw.breach_padding > 0)
+                if self.suffixed:  # the client holds the gzip variant: echo its tag
+                    _suffix_etag(headers, weak=self.mw.breach_padding > 0)
                 _add_vary(headers)
                 message["headers"] = headers
             return self.out(message)
@@ -234,11 +238,18 @@ class _Responder:
         small = len(body) < self.mw.minimum_size if not more else (
             declared is not None and declared < self.mw.minimum_size
         )
+        mw = self.mw
         if small:
+            if (not body and not more and declared and declared >= mw.minimum_size
+                    and self.scope["method"] == "HEAD"):
+                # A HEAD answered without its body (a cache hit): GET's coding and ETag
+                # (§9.3.2), without the Content-Length only compressing the body could tell.
+                headers[:] = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                headers.append((b"content-encoding", b"gzip"))
+                _suffix_etag(headers, weak=mw.breach_padding > 0)
             await self.out(start)
             await self.out(message)
             return
-        mw = self.mw
         self.compressor = _PaddedGzip(mw.compresslevel, mw.breach_padding) if (
             mw.breach_padding) else zlib.compressobj(mw.compresslevel, zlib.DEFLATED,
                                                      16 + zlib.MAX_WBITS)

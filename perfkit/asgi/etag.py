@@ -24,6 +24,7 @@ from perfkit.asgi._asgi import (
     content_length,
     empty_body,
     has_preconditions,
+    not_modified_start,
 )
 from perfkit.http_rules import (
     EtagAlgorithm,
@@ -31,7 +32,6 @@ from perfkit.http_rules import (
     RequestConditions,
     etag_function,
     evaluate_preconditions,
-    not_modified_headers,
     parse_http_date,
 )
 
@@ -157,8 +157,7 @@ class _Responder:
 
     async def _refuse(self, start: Message, outcome: Precondition) -> None:
         if outcome is Precondition.NOT_MODIFIED:
-            headers = not_modified_headers(start["headers"])
-            await self.out({"type": START, "status": 304, "headers": headers})
+            await self.out(not_modified_start(start["headers"], self.scope))
         else:
             await self.out({"type": START, "status": 412, "headers": _only_validators(start)})
         await self.out(empty_body())

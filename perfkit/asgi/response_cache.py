@@ -30,6 +30,7 @@ import logging
 import math
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ from perfkit.asgi._asgi import (
     Scope,
     Send,
     empty_body,
+    is_conditional,
+    not_modified_start,
     request_headers,
     route_template,
 )
@@ -60,13 +63,13 @@ from perfkit.http_rules import (
     cache_control_seconds,
     evaluate_preconditions,
     freshness_lifetime,
-    not_modified_headers,
     parse_cache_control,
     parse_http_date,
     parse_vary,
     request_bypass_reason,
     response_store_reason,
 )
+from perfkit.metrics import REGISTRY, Counter, Registry
 
 log = logging.getLogger("perfkit.asgi.cache")
 
@@ -77,6 +80,8 @@ _NOT_STORED = frozenset(
      b"date", b"server-timing", b"x-response-time", b"set-cookie"}
 )
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What a 412 from a hit keeps: the validators the client needs, as ETagMiddleware's 412.
+_ON_412 = frozenset({b"etag", b"last-modified", b"vary", b"age", b"cache-status"})
 SCOPE_PLAN = "perfkit.cache_plan"
 """Scope key where :class:`perfkit.asgi.MiddlewareStack` leaves a plan it made for this layer."""
 _DECISION_FIELDS = frozenset({b"cache-control", b"vary", b"expires", b"date", b"etag",
@@ -85,6 +90,8 @@ _LOCK_POLL = 0.025  # seconds between looks for another process's entry
 _LOG_REFRESH = 1.0  # seconds a process trusts its copy of an invalidation log
 _ENTRY_VERSION = 2
 _LOG_MAX = 256
+_LOG_LEASE = 5.0  # seconds a worker may hold an invalidation log's lock (a crash frees it)
+_LOG_LOCK_POLL = 0.005  # seconds between tries for that lock: held for one read and write
 _MAX_TAG = 256
 _MAX_REFRESHING = 256  # stale entries being refreshed at once, per middleware
 
@@ -173,7 +180,9 @@ class ResponseCacheMiddleware:
     ``stale_while_revalidate=0`` s (RFC 5861; a response's own ``stale-while-revalidate``
     directive wins; ``must-revalidate`` forbids it), ``tag_header="surrogate-key"``
     (space-separated tags a response carries, for :meth:`invalidate` ``(tags=...)``; at
-    most ``max_tags=32`` of at most 256 characters, else the response is not stored).
+    most ``max_tags=32`` of at most 256 characters, else the response is not stored),
+    ``registry=perfkit.REGISTRY`` (where :attr:`stats` are exported, at scrape time, as
+    ``http_response_cache_events_total{namespace, event, reason}``).
     """
 
     def __init__(
@@ -197,6 +206,7 @@ class ResponseCacheMiddleware:
         stale_while_revalidate: float = 0.0,
         tag_header: str | None = "surrogate-key",
         max_tags: int = 32,
+        registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (("max_ttl", max_ttl), ("lock_timeout", lock_timeout)):
@@ -215,6 +225,11 @@ class ResponseCacheMiddleware:
             raise ValueError("max_body must be >= 0 and max_vary_value >= 1")
         if cache_status is not None and not cache_status.replace("-", "").isalnum():
             raise ValueError(f"cache_status must be a token like 'perfkit', got {cache_status!r}")
+        if backend is not None and backend.unpickles_unsigned:
+            raise ValueError(
+                f"backend: this {type(backend).__name__} unpickles what it reads, so whoever "
+                "can write to it could run code here; the response cache's entries are "
+                "JSON-safe: pass serializer='json' (or a secret= to sign values)")
         if backend is None:
             from perfkit.caching.backends.memory import MemoryBackend
 
@@ -257,6 +272,7 @@ class ResponseCacheMiddleware:
         self._backend_down = False
         self._digest = available_etag_function()  # for stored 200s without an ETag
         self._hosts: dict[bytes, str] = {}  # Host header -> lower-case text
+        _export(registry if registry is not None else REGISTRY, self)
 
     # -- public API ------------------------------------------------------------------------
     async def invalidate(self, path: str | None = None, *, tags: Iterable[str] = ()) -> None:
@@ -474,6 +490,11 @@ class ResponseCacheMiddleware:
             # The leader's response was not shareable (or differs for us): run our own.
             await self._forward(scope, receive, send, request, record, None)
             return
+        if b"range" in request.headers or is_conditional(request.headers):
+            # Its 304/412/206 would answer this client only: never lead a flight that others
+            # wait on in vain (it may follow one: the entry then answers its condition).
+            await self._forward(scope, receive, send, request, record, None)
+            return
         flight = _Flight(loop, asyncio.Event())
         self._flights[flight_key] = flight
         lock: tuple[tuple[str, ...], str] | None = None
@@ -650,8 +671,10 @@ class ResponseCacheMiddleware:
                         self.max_ttl)
         if reason is not None:
             self._count(f"not-stored:{reason.value}")
-            if self.pass_ttl and not isinstance(record, dict):
+            if self.pass_ttl and not isinstance(record, dict) and status not in (206, 304, 412):
                 # Remember for a few seconds, so the next requests skip the miss machinery.
+                # Not for a 206/304/412: it answers the client's Range or condition, and
+                # says nothing about whether the full representation may be stored.
                 await self._call(self.backend.aset(
                     (self.namespace, "v", request.path),
                     {"pass": reason.value, "until": now + self.pass_ttl}, self.pass_ttl))
@@ -717,7 +740,11 @@ class ResponseCacheMiddleware:
             conditions = RequestConditions.from_asgi(scope["headers"])
             outcome = evaluate_preconditions(method, conditions, entry.etag, entry.last_modified)
             if outcome is Precondition.NOT_MODIFIED:
-                return ({"type": START, "status": 304, "headers": not_modified_headers(out)},
+                return not_modified_start(out, scope), empty_body()
+            if outcome is Precondition.FAILED:  # If-Match / If-Unmodified-Since: 412, as
+                # the ETag layer answers on a miss (§13.1.1), never the stored 200.
+                return ({"type": START, "status": 412,
+                         "headers": [(k, v) for k, v in out if k.lower() in _ON_412]},
                         empty_body())
         return ({"type": START, "status": entry.status, "headers": out},
                 {"type": BODY, "body": b"" if method == "HEAD" else entry.body,
@@ -891,6 +918,29 @@ class ResponseCacheMiddleware:
         return log_
 
     async def _append_log(self, kind: str, names: list[str]) -> None:
+        """Add records to a log: read, extend and write back under the backend's lock, so
+        two workers invalidating at once keep both records (one lost would serve stale
+        entries). Without the lock in ``lock_timeout`` the write goes ahead unlocked."""
+        key = (self.namespace, "lock", "log-" + kind)
+        deadline = time.monotonic() + self.lock_timeout
+        token = None
+        try:
+            while (token := await self.backend.aacquire_lock(key, _LOG_LEASE)) is None:
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_LOG_LOCK_POLL)
+        except BackendError as exc:
+            self._backend_failed(exc)
+        try:
+            await self._extend_log(kind, names)
+        finally:
+            if token is not None:
+                try:
+                    await self.backend.arelease_lock(key, token)
+                except BackendError:
+                    pass  # the lease expires by itself
+
+    async def _extend_log(self, kind: str, names: list[str]) -> None:
         now = self.clock()
         kept = [p for p in await self._log(kind, fresh=True)
                 if now - p[1] < 2 * self.max_ttl and p[0] not in names]
@@ -944,6 +994,36 @@ class ResponseCacheMiddleware:
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+
+# Registry -> the live caches it exports: read at scrape time, so a request pays nothing;
+# weak both ways, so neither a registry nor a cache is kept alive by the other.
+_EXPORTED: weakref.WeakKeyDictionary[Registry, weakref.WeakSet[ResponseCacheMiddleware]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _export(registry: Registry, cache: ResponseCacheMiddleware) -> None:
+    caches = _EXPORTED.get(registry)
+    if caches is None:
+        caches = _EXPORTED[registry] = weakref.WeakSet()
+        registry.add_collector(lambda: _collect(caches))
+    caches.add(cache)
+
+
+def _collect(caches: weakref.WeakSet[ResponseCacheMiddleware]) -> list[Counter]:
+    """The caches' :attr:`~ResponseCacheMiddleware.stats` as one counter family; the
+    reasons come from a small fixed set (never a path, host or header value)."""
+    live = list(caches)
+    if not live:
+        return []
+    counter = Counter("http_response_cache_events_total",
+                      "Response cache decisions by event (hit, miss, stored, bypass, "
+                      "not-stored, ...) and reason", ("namespace", "event", "reason"), 1000)
+    for cache in live:
+        for name, value in list(cache.stats.items()):
+            event, _, reason = name.partition(":")
+            counter.labels(cache.namespace, event, reason).inc(value)
+    return [counter]
 
 
 def _invalidated(log_: list[list[Any]], path: str | None, created: float,

@@ -65,7 +65,8 @@ class MiddlewareStack:
     Each keyword takes the options of its middleware as a dict (``cache={"backend":
     RedisBackend(...)}``), True for its defaults or False to leave it out. The layers are
     reachable as ``.timing``, ``.compression``, ``.cache`` and ``.etag`` (e.g. for
-    ``stack.cache.invalidate(...)``); ``None`` where left out.
+    ``stack.cache.invalidate(...)``); ``None`` where left out. The cache exports its
+    counters to timing's ``registry`` unless given one of its own.
     """
 
     def __init__(self, app: ASGIApp, *, timing: bool | Mapping[str, Any] = True,
@@ -78,6 +79,9 @@ class MiddlewareStack:
         self.etag = ETagMiddleware(inner, **options) if options is not None else None
         inner = self.etag or inner
         options = _options("cache", cache)
+        timing_options = _options("timing", timing)
+        if options is not None and timing_options and "registry" not in options:
+            options["registry"] = timing_options.get("registry")  # one registry for both
         self.cache = ResponseCacheMiddleware(inner, **options) if options is not None else None
         inner = self.cache or inner
         options = _options("compression", compression)
@@ -85,9 +89,8 @@ class MiddlewareStack:
                             if options is not None else None)
         self.layered: ASGIApp = self.compression or inner
         """Everything under timing, as ordinary layers: what the shortcut falls back to."""
-        options = _options("timing", timing)
-        self.timing = (TimingMiddleware(self.layered, **options)
-                       if options is not None else None)
+        self.timing = (TimingMiddleware(self.layered, **timing_options)
+                       if timing_options is not None else None)
         self._outer: ASGIApp = self.timing or self.layered
         self._extras: dict[tuple[bytes | None, bool], tuple[tuple[bytes, bytes], ...]] = {}
 
@@ -288,7 +291,8 @@ class _Fused(_Timer):
         stack = self.stack
         out: Any = self.emit
         if stack.compression is not None:
-            out = _compression._Responder(stack.compression, out, self.gzip, False).send
+            out = _compression._Responder(stack.compression, out, self.gzip, False,
+                                          self.scope).send
         if self.tag is not None:
             out = _Tagger(out, self.tag).send
         if stack.etag is not None:

@@ -5,6 +5,8 @@ Nothing here imports pytest; every piece is usable alone.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
 from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate, normalise
 from perfkit.measure.memory import AllocationSite, HeapPeak, HeapTracer, RssHighWater
@@ -12,6 +14,9 @@ from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Stats, Verdict, judge
 from perfkit.measure.timing import CallTimer, Timing
 from perfkit.measure.units import format_duration, format_size, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from perfkit.measure.profile import ProfileEntry, ProfileResult, profile_call
 
 __all__ = [
     "AllocationSite",
@@ -23,6 +28,8 @@ __all__ = [
     "HeapTracer",
     "MachineSpeed",
     "Margins",
+    "ProfileEntry",
+    "ProfileResult",
     "RssHighWater",
     "Stats",
     "TimedRuns",
@@ -37,4 +44,15 @@ __all__ = [
     "normalise",
     "parse_duration",
     "parse_size",
+    "profile_call",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # cProfile and pstats load on first use: the plugin imports this package in every
+    # pytest session, and profiles only a failed budget.
+    if name in ("ProfileEntry", "ProfileResult", "profile_call"):
+        from perfkit.measure import profile
+
+        return getattr(profile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

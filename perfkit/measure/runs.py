@@ -1,13 +1,15 @@
 """A test's timed runs, each paired with the machine's speed at the moment it ran.
 
 The plugin's confirm runs are interleaved with reference samples (see
-:class:`~perfkit.measure.calibrate.MachineSpeed`): reference sample ``k`` is taken right
-after run ``k`` (or, with a sample before the first run, :meth:`TimedRuns.lead`, right
-before it). A run's machine factor is the mean of the samples on either side of it,
-and its judged time is its ``own`` time (GC pauses and run-queue waits out) with only the
-CPU part divided by that factor (:func:`~perfkit.measure.calibrate.normalise`). The
-statistic judged is the median over runs: budgets are written against a test's typical
-time, and judging the minimum against them let real slowdowns through.
+:class:`~perfkit.measure.calibrate.MachineSpeed`): a sample is taken right after each run
+(and, with :meth:`TimedRuns.lead`, right before the first). A run's machine factor is the
+mean of the samples taken right before and right after it; after a :meth:`TimedRuns.pause`
+(runs spaced out in time, so that they meet other moments of the machine) the run that
+follows gets a fresh sample right before it, never one from before the pause. A run's
+judged time is its ``own`` time (GC pauses and run-queue waits out) with only the CPU part
+divided by that factor (:func:`~perfkit.measure.calibrate.normalise`). The statistic
+judged is the median over runs: budgets are written against a test's typical time, and
+judging the minimum against them let real slowdowns through.
 
 With a second, arithmetic-only reference (``alu_reference=``, budgets in reference-machine
 time only), every sample of the mixed reference has a
@@ -18,6 +20,7 @@ of the two references' factors: only slowness both workloads see is excused.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +34,14 @@ class TimedRuns:
     """Runs of one callable and the reference samples between them.
 
     ``latency`` picks the time to judge from a :class:`Timing` (``own`` or ``wall``);
-    ``speed`` is ``None`` when the speed check is off (every factor is then 1).
+    ``speed`` is ``None`` when the speed check is off (every factor is then 1); ``sleep``
+    is what :meth:`pause` waits with (injectable for tests).
     """
 
     def __init__(self, latency: Callable[[Timing], float], speed: MachineSpeed | None,
                  *, reference: float | None = None, alu_reference: float | None = None,
-                 alu: Callable[[], float] = sample_alu) -> None:
+                 alu: Callable[[], float] = sample_alu,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         if alu_reference is not None and reference is None:
             raise ValueError("alu_reference: only with reference (reference-machine time)")
         self._latency = latency
@@ -44,10 +49,17 @@ class TimedRuns:
         self._reference = reference
         self._alu_reference = alu_reference
         self._alu = alu
+        self._sleep = sleep
         self.timings: list[Timing] = []
         self.references: list[float] = []
         self.alu_references: list[float] = []  # beside references[k], when alu_reference
         self.leading = False  # references[0] was taken right before the first run
+        # Per run, the index of the sample taken right before / right after it (None: none
+        # was), and what happened last: "run", "sample", or "" (nothing yet, or a pause).
+        self._before: list[int | None] = []
+        self._after: list[int | None] = []
+        self._last = ""
+        self.pauses: list[float] = []  # seconds paused before each spaced run
 
     @property
     def count(self) -> int:
@@ -60,17 +72,43 @@ class TimedRuns:
             raise ValueError("lead(): only before the first run and the first sample")
         if (alu is None) != (self._alu_reference is None or self._speed is None):
             raise ValueError("lead(): an alu sample exactly when alu_reference is set")
-        self.references.append(seconds)
-        if alu is not None:
-            self.alu_references.append(alu)
+        self._record(seconds, alu)
         self.leading = True
 
     def sampled_after_last(self) -> bool:
         """Whether a reference sample was taken after the latest run."""
-        return len(self.references) >= self.count + self.leading
+        return bool(self._after) and self._after[-1] is not None
 
     def add(self, timing: Timing) -> None:
         self.timings.append(timing)
+        self._before.append(len(self.references) - 1 if self._last == "sample" else None)
+        self._after.append(None)
+        self._last = "run"
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next run, then (with the speed check) take a fresh
+        reference sample right before it.
+
+        On this project's VM each vCPU held one of two speeds 1.75x apart for ~0.5 s or
+        more while a test's runs lasted milliseconds, so back-to-back runs all met the
+        same moment, and a reference that misread that moment misread it for every run.
+        Runs spaced out meet other moments; each is still judged beside its own samples.
+        """
+        if seconds < 0:
+            raise ValueError(f"seconds: must be >= 0, got {seconds!r}")
+        if seconds:
+            self._sleep(seconds)
+        self._last = ""
+        self.pauses.append(seconds)
+        self.check_speed()
+
+    def _record(self, seconds: float, alu: float | None) -> None:
+        self.references.append(seconds)
+        if alu is not None:
+            self.alu_references.append(alu)
+        if self._last == "run":
+            self._after[-1] = len(self.references) - 1
+        self._last = "sample"
 
     def check_speed(self, at_least: int = 0) -> None:
         """Take one reference sample now (and more until there are ``at_least``)."""
@@ -81,9 +119,8 @@ class TimedRuns:
             self._sample(self._speed)
 
     def _sample(self, speed: MachineSpeed) -> None:
-        self.references.append(speed.sample())
-        if self._alu_reference is not None:
-            self.alu_references.append(self._alu())
+        seconds = speed.sample()
+        self._record(seconds, self._alu() if self._alu_reference is not None else None)
 
     def factors(self) -> list[float]:
         """Per run: how much slower than typical the machine ran (the reference beside it).
@@ -124,13 +161,11 @@ class TimedRuns:
         return [self._speed.factor(seconds) for seconds in self._around(self.references, 1.0)]
 
     def _around(self, samples: list[float], reference: float) -> list[float]:
-        """Per run: the mean of the samples on either side of it, over ``reference``."""
+        """Per run: the mean of the samples right before and right after it, over
+        ``reference`` (the latest sample when neither was taken)."""
         factors = []
-        for index in range(self.count):
-            if self.leading:  # sample k is right before run k, sample k + 1 right after
-                around = samples[index:index + 2] or samples[-1:]
-            else:  # sample k is right after run k
-                around = samples[max(0, index - 1):index + 1] or samples[-1:]
+        for before, after in zip(self._before, self._after, strict=True):
+            around = [samples[k] for k in (before, after) if k is not None] or samples[-1:]
             factors.append(statistics.fmean(around) / reference)
         return factors
 
@@ -173,4 +208,7 @@ class TimedRuns:
             "samples": samples, "raw_samples": self.raw_samples("latency"),
             "cpu_samples": [t.cpu for t in self.timings], "factors": self.factors(),
             "reference_factors": self.reference_factors(), "alu_factors": self.alu_factors(),
+            # When each run started, in seconds after the first; pauses before spaced runs.
+            "offsets": [t.started - self.timings[0].started for t in self.timings],
+            "pauses": list(self.pauses),
         }

@@ -88,6 +88,7 @@ class Timing:
     cpu_wait: float = 0.0  # runnable but waiting for a CPU held by someone else
     cpu_wait_known: bool = False
     blocked: bool = False  # the thread waited on its own at least once (sleep, I/O, lock)
+    started: float = 0.0  # time.perf_counter() when the window opened (when, not how long)
 
     @property
     def own(self) -> float:
@@ -141,6 +142,7 @@ class CallTimer:
             self._switches0 = self.switches()
         self._cpu0 = time.process_time()
         self._wall0 = time.perf_counter()
+        self.timing.started = self._wall0
         return self
 
     def __exit__(

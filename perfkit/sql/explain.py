@@ -1,7 +1,8 @@
 """Full-table-scan detection from the database's own query plan, per dialect.
 
 Each checker runs EXPLAIN for one statement on the *same* DBAPI connection the statement
-used, with the same parameters, and returns findings with a suggested ``CREATE INDEX``.
+used, with the same parameters, and returns findings with a suggested ``CREATE INDEX`` (and
+the same index as an Alembic ``op.create_index``).
 Nothing here may change the user's data or transaction:
 
 * SQLite: ``EXPLAIN QUERY PLAN`` plans without executing. ``SCAN t`` is a full scan (a
@@ -25,7 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PlanCheck", "ScanFinding", "check_plan", "filter_columns", "table_aliases"]
+__all__ = ["PlanCheck", "ScanFinding", "check_plan", "filter_columns", "server_side_cursor",
+           "table_aliases"]
 
 _EXPLAINABLE = ("SELECT", "UPDATE", "DELETE", "WITH")
 _CLAUSE_END = frozenset(
@@ -46,11 +48,27 @@ class ScanFinding:
     columns: tuple[str, ...] = ()
 
     @property
+    def index_name(self) -> str:
+        return "ix_" + "_".join([self.table, *self.columns]).replace('"', "").replace("`", "")
+
+    @property
     def suggestion(self) -> str:
         if not self.columns:
             return f"add an index on {self.table} covering the columns this statement filters on"
-        name = "ix_" + "_".join([self.table, *self.columns]).replace('"', "")
-        return f"CREATE INDEX {name} ON {self.table} ({', '.join(self.columns)})"
+        return f"CREATE INDEX {self.index_name} ON {self.table} ({', '.join(self.columns)})"
+
+    @property
+    def alembic(self) -> str:
+        """The same index as an Alembic migration op (``""`` without known columns)."""
+        if not self.columns:
+            return ""
+        columns = ", ".join(f'"{_unquote(column)}"' for column in self.columns)
+        return f'op.create_index("{self.index_name}", "{_unquote(self.table)}", [{columns}])'
+
+    @property
+    def fix(self) -> str:
+        """:attr:`suggestion`, and the Alembic op when there is one."""
+        return f"{self.suggestion}; Alembic: {self.alembic}" if self.alembic else self.suggestion
 
 
 @dataclass
@@ -266,6 +284,17 @@ def _mysql(dbapi_connection: Any, statement: str, parameters: Any, shape: str) -
         detail = f"type=ALL on {alias} ({extra})"
         check.findings.append(ScanFinding(aliases.get(alias, alias), detail, tuple(columns)))
     return check
+
+
+def server_side_cursor(cursor: Any) -> bool:
+    """Whether ``cursor`` streams rows from the server (psycopg named, MySQL SS cursors).
+
+    Its connection is busy until the rows are read: another statement on it (an EXPLAIN)
+    would, on MySQL/MariaDB drivers, throw away the unread rows of the user's result.
+    """
+    kind = type(cursor).__name__
+    return (kind.startswith("SS") or "ServerCursor" in kind or "ServerSide" in kind
+            or kind.lower().endswith("_ss_cursor"))
 
 
 _CHECKERS = {"sqlite": _sqlite, "postgresql": _postgres, "mysql": _mysql, "mariadb": _mysql}

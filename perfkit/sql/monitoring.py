@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from perfkit.metrics import OVERFLOW_LABEL_VALUE, REGISTRY, CounterSeries, Registry
-from perfkit.sql.explain import PlanCheck, check_plan
+from perfkit.sql.explain import PlanCheck, check_plan, server_side_cursor
 from perfkit.sql.pool import PoolMonitor
 from perfkit.sql.scope import _CURRENT, ShapeInfo
 from perfkit.sql.shapes import is_transaction_control, statement_kind
@@ -348,7 +348,7 @@ class SQLMonitor:
             if entry.explained:
                 return entry.plan
             entry.explained = True
-        if _server_side(cursor):
+        if server_side_cursor(cursor):
             # Another statement on a connection still streaming rows would break the stream
             # on some drivers (MySQL): the slow line says so; explain="all" retries later.
             entry.explained = False
@@ -446,12 +446,6 @@ class SQLMonitor:
                 snap.sum, int(entry.slow.value) if entry.slow is not None else 0,
                 int(entry.errors.value) if entry.errors is not None else 0, entry.plan))
         return sorted(out, key=lambda s: (-s.count, -s.total_time))
-
-
-def _server_side(cursor: Any) -> bool:
-    """Whether ``cursor`` streams rows from the server (psycopg named, MySQL SS cursors)."""
-    kind = type(cursor).__name__
-    return kind.startswith("SS") or "ServerCursor" in kind or "ServerSide" in kind
 
 
 def _route() -> str | None:

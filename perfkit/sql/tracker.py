@@ -9,8 +9,10 @@ from another thread). Listeners never raise into user code: an internal error is
 a note.
 
 Per statement the tracker records driver+server time (after-minus-before cursor execute),
-the normalised shape and rows for ``executemany``; it walks the stack only once per *new*
-shape, to the first frame outside SQLAlchemy, perfkit and installed packages. EXPLAIN runs
+the normalised shape and rows for ``executemany``, and its call site: the first frame
+outside SQLAlchemy, perfkit and installed packages (whether a code object is library code is
+remembered, so the walk is a dict look-up per frame). Per shape it keeps the first call site
+and a count per site (the first ``MAX_SITES`` distinct sites). EXPLAIN runs
 once per shape while tracking, and the time it takes is reported in ``overhead`` so a
 latency measurement around the same code can take it out.
 """
@@ -18,20 +20,19 @@ latency measurement around the same code can take it out.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import os
 import sys
-import sysconfig
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any
 
-from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan
+from perfkit._paths import PERFKIT_DIR, PLUGIN_DIR, install_roots, loaded_dirs
+from perfkit.sql.explain import PlanCheck, ScanFinding, check_plan, server_side_cursor
 from perfkit.sql.shapes import is_transaction_control, normalize, statement_kind
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "QueryTracker",
     "ShapeSummary",
     "Statement",
+    "describe_sites",
     "listeners_installed",
     "uninstall_listeners",
 ]
@@ -90,9 +92,18 @@ def _new_statement(text: str, shape: str, duration: float, rows: int, caller: st
     return statement
 
 
+#: Distinct call sites counted per shape; executions from further sites are counted together
+#: in ``ShapeSummary.other_sites`` (a loop over generated code must not grow it unbounded).
+MAX_SITES = 20
+
+
 @dataclass
 class ShapeSummary:
-    """All executions of one statement shape."""
+    """All executions of one statement shape.
+
+    ``caller`` is the first call site seen; ``sites`` counts executions per call site (the
+    first :data:`MAX_SITES` distinct sites; the rest are counted in ``other_sites``).
+    """
 
     shape: str
     count: int = 0
@@ -100,6 +111,12 @@ class ShapeSummary:
     max_time: float = 0.0
     caller: str = ""
     example: str = ""
+    sites: dict[str, int] = field(default_factory=dict)
+    other_sites: int = 0
+
+    def top_sites(self, n: int = 5) -> list[tuple[str, int]]:
+        """The ``n`` call sites that ran this shape most, most first (first seen on ties)."""
+        return sorted(self.sites.items(), key=lambda item: -item[1])[:n]
 
 
 @dataclass(frozen=True)
@@ -113,41 +130,37 @@ class Finding:
     hint: str = ""
     caller: str = ""
     count: int = 0
+    sites: tuple[tuple[str, int], ...] = ()  # (call site, executions), most first
 
     def describe(self) -> str:
         parts = [self.message]
-        if self.caller:
+        if len(self.sites) > 1:
+            parts.append("at " + describe_sites(self.sites, self.count))
+        elif self.caller:
             parts.append(f"at {self.caller}")
         if self.hint:
             parts.append(f"fix: {self.hint}")
         return "; ".join(parts)
 
 
-@functools.lru_cache(maxsize=1)
-def _install_roots() -> tuple[str, ...]:
-    """The interpreter's library directories; ``sysconfig.get_paths()`` costs ~140 us a call,
-    which a tracker per test (the ``sql_queries`` fixture) would pay three times."""
-    paths = sysconfig.get_paths()
-    return (paths["stdlib"], paths["purelib"], paths["platlib"])
+def describe_sites(sites: Iterable[tuple[str, int]], total: int) -> str:
+    """``"a.py:3 in f (4x), b.py:9 in g (2x) (+1 more: 1x)"``: top call sites and the rest."""
+    sites = list(sites)
+    text = ", ".join(f"{site} ({count}x)" for site, count in sites)
+    rest = total - sum(count for _, count in sites)
+    return text + (f" (+ {rest}x elsewhere)" if rest > 0 else "")
 
 
 def _library_roots() -> tuple[str, ...]:
-    roots = set(_install_roots())
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # perfkit/
-    roots.add(here + os.sep)
-    plugin_dir = os.path.join(os.path.dirname(here), "pytest_perfkit")
-    roots.add(plugin_dir + os.sep)
+    roots = {*install_roots(), PERFKIT_DIR, PLUGIN_DIR}
     try:
         import sqlalchemy
 
         roots.add(os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep)
     except ImportError:  # pragma: no cover - tracker is useless without it anyway
         pass
-    for module in ("_pytest", "pluggy", "anyio", "pytest_asyncio", "starlette", "fastapi",
-                   "httpx"):
-        loaded = sys.modules.get(module)
-        if loaded is not None and getattr(loaded, "__file__", None):
-            roots.add(os.path.dirname(os.path.abspath(loaded.__file__ or "")) + os.sep)
+    roots.update(loaded_dirs("_pytest", "pluggy", "anyio", "pytest_asyncio", "starlette",
+                             "fastapi", "httpx"))
     return tuple(sorted(roots))
 
 
@@ -156,6 +169,28 @@ def _first_user_frame(roots: tuple[str, ...]) -> str:
     while frame is not None:
         filename = frame.f_code.co_filename
         if not filename.startswith(roots) and not filename.startswith("<frozen"):
+            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return "?"
+
+
+_MAX_FILE_CACHE = 4096
+
+
+def _call_site(roots: tuple[str, ...], library: dict[str, bool]) -> str:
+    """:func:`_first_user_frame` for every statement: whether a file is library code is
+    remembered in ``library`` (a file name's hash is cached by the string), so a walk costs
+    a dict look-up per frame instead of a prefix test against every root."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        inside = library.get(filename)
+        if inside is None:
+            inside = filename.startswith(roots) or filename.startswith("<frozen")
+            if len(library) >= _MAX_FILE_CACHE:
+                library.clear()
+            library[filename] = inside
+        if not inside:
             return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
         frame = frame.f_back
     return "?"
@@ -253,7 +288,10 @@ class _Dispatcher:
             if state.is_column_load:
                 mapper = state.bind_mapper if hasattr(state, "bind_mapper") else None
                 name = getattr(getattr(mapper, "class_", None), "__name__", "?")
-                identity = state.load_options._refresh_identity_token or id(state)
+                # The refreshed object's identity; else its primary-key parameters (public).
+                refreshed = getattr(state.load_options, "_refresh_state", None)
+                identity = getattr(refreshed, "identity_key", None) or (
+                    repr(state.parameters) if state.parameters else id(state))
                 _PENDING_LAZY.set(LazyLoad(f"{name}.<columns>", repr(identity), "COLUMN"))
                 return
             prop = state.loader_strategy_path.prop
@@ -283,7 +321,12 @@ class _Dispatcher:
             started = getattr(context, "_perfkit_started", finished)
             lazy = _PENDING_LAZY.get()
             if lazy is not None:
-                _PENDING_LAZY.set(None)
+                # A lazy load is a SELECT; the session's autoflush runs its INSERT/UPDATEs
+                # between do_orm_execute and that SELECT, and must not take its label.
+                if statement_kind(statement) in ("SELECT", "WITH"):
+                    _PENDING_LAZY.set(None)
+                else:
+                    lazy = None
             for tracker in self.active:
                 tracker._record(conn, cursor, statement, parameters, executemany,
                                 finished - started, lazy)
@@ -320,6 +363,9 @@ class QueryTracker:
     ``allow``: shell-style patterns of shapes exempt from N+1 findings.
     ``engine``: only statements of this engine (or ``AsyncEngine``); default all engines.
     ``max_statements``: statements kept in memory; counts and shapes stay exact past it.
+    ``sites``: find every statement's call site and count executions per site and shape
+    (a stack walk per statement, +2-4 us each); off by default: a new shape's first call
+    site only (one walk per shape).
     """
 
     def __init__(
@@ -333,6 +379,7 @@ class QueryTracker:
         allow: Iterable[str] = (),
         engine: Any = None,
         max_statements: int = 10_000,
+        sites: bool = False,
     ) -> None:
         if slow is not None and slow < 0:
             raise ValueError(f"slow: must be >= 0 seconds or None, got {slow!r}")
@@ -350,7 +397,9 @@ class QueryTracker:
         self.allow = tuple(allow)
         self.engine = getattr(engine, "sync_engine", engine)
         self.max_statements = max_statements
+        self.sites = sites
         self._roots = _library_roots()
+        self._library_files: dict[str, bool] = {}
         self._lock = threading.Lock()
         self.reset()
 
@@ -367,6 +416,7 @@ class QueryTracker:
         self.notes: list[str] = []
         self._shapes: dict[str, ShapeSummary] = {}
         self._plans: dict[str, PlanCheck] = {}
+        self._unplanned: set[str] = set()  # shapes whose EXPLAIN waits for a free connection
         self._lazy: dict[str, set[str]] = {}
         self._lazy_direction: dict[str, str] = {}
         self._lazy_shape: dict[str, str] = {}
@@ -406,13 +456,25 @@ class QueryTracker:
         shape = _shape_of(statement)
         dialect = conn.dialect.name
         rows = len(parameters) if executemany and hasattr(parameters, "__len__") else 1
+        site = _call_site(self._roots, self._library_files) if self.sites else ""
         with self._lock:
             summary = self._shapes.get(shape)
             new_shape = summary is None
             if summary is None:
-                summary = ShapeSummary(shape, caller=_first_user_frame(self._roots),
-                                       example=statement[:_MAX_TEXT])
+                if not site:
+                    site = _first_user_frame(self._roots)
+                summary = ShapeSummary(shape, caller=site, example=statement[:_MAX_TEXT])
                 self._shapes[shape] = summary
+            elif not site:
+                site = summary.caller
+            if self.sites:
+                sites = summary.sites
+                if site in sites:
+                    sites[site] += 1
+                elif len(sites) < MAX_SITES:
+                    sites[site] = 1
+                else:
+                    summary.other_sites += 1
             summary.count += 1
             summary.total_time += duration
             summary.max_time = max(summary.max_time, duration)
@@ -428,11 +490,20 @@ class QueryTracker:
                 self._lazy_shape.setdefault(lazy.relationship, shape)
             if len(self.statements) < self.max_statements:
                 self.statements.append(_new_statement(
-                    statement[:_MAX_TEXT], shape, duration, rows, summary.caller,
+                    statement[:_MAX_TEXT], shape, duration, rows, site,
                     threading.current_thread().name, dialect, lazy,
                 ))
-        if new_shape and self.explain and statement_kind(shape) in ("SELECT", "UPDATE",
-                                                                     "DELETE", "WITH"):
+        if (new_shape or (self._unplanned and shape in self._unplanned)) and self.explain \
+                and statement_kind(shape) in ("SELECT", "UPDATE", "DELETE", "WITH"):
+            if server_side_cursor(cursor):
+                # Rows still streaming (yield_per, stream_results): an EXPLAIN on this
+                # connection would discard them on MySQL drivers. Checked on a later run.
+                with self._lock:
+                    self._unplanned.add(shape)
+                    self._plans.setdefault(shape, PlanCheck(
+                        note="EXPLAIN skipped: its rows were streaming from a server-side "
+                             "cursor (checked when the statement runs buffered)"))
+                return
             began = time.perf_counter()
             try:
                 raw = conn.connection.dbapi_connection
@@ -442,6 +513,7 @@ class QueryTracker:
                 plan = PlanCheck(note=f"EXPLAIN failed: {exc!r}"[:300])
             with self._lock:
                 self._plans[shape] = plan
+                self._unplanned.discard(shape)
                 self.overhead += time.perf_counter() - began
 
     # --- results ---
@@ -495,6 +567,7 @@ class QueryTracker:
                     "n_plus_one", shape,
                     f"N+1: {relationship} lazily loaded for {parents} parents "
                     f"({summary.count} queries)", hint, summary.caller, summary.count,
+                    tuple(summary.top_sites()),
                 ))
         if self.n_plus_one:
             for summary in shapes:
@@ -507,6 +580,7 @@ class QueryTracker:
                     f"N+1: the same query ran {summary.count} times",
                     "fetch the rows in one query (WHERE ... IN (...)) or eager-load the "
                     "relationship (selectinload / joinedload)", summary.caller, summary.count,
+                    tuple(summary.top_sites()),
                 ))
         return findings
 
@@ -518,7 +592,7 @@ class QueryTracker:
             for scan in plan.findings:
                 findings.append(Finding(
                     "full_scan", shape, f"full table scan of {scan.table}: {scan.detail}",
-                    scan.suggestion, caller, self._shapes[shape].count,
+                    scan.fix, caller, self._shapes[shape].count,
                 ))
         return findings
 
@@ -526,7 +600,8 @@ class QueryTracker:
         return [Finding("explain_note", shape, f"could not check the plan: {plan.note}",
                         caller=self._shapes[shape].caller)
                 for shape, plan in self.plans.items()
-                if not plan.checked and plan.note.startswith("EXPLAIN failed")]
+                if not plan.checked and plan.note.startswith(("EXPLAIN failed",
+                                                              "EXPLAIN skipped"))]
 
     def slow_findings(self) -> list[Finding]:
         if self.slow is None:

@@ -45,6 +45,11 @@ class AiocacheBackend(Backend):
         self.max_ttl = max_ttl
         # memcached counts expiry in whole seconds; the other aiocache caches take floats
         self._whole_seconds = "memcached" in type(cache).__name__.lower()
+        # aiocache's PickleSerializer over a store other processes write (Redis, memcached):
+        # whoever can write there could run code here. In-process memory is only ours.
+        self.unpickles_unsigned = (
+            "pickle" in type(getattr(cache, "serializer", None)).__name__.lower()
+            and "memory" not in type(cache).__name__.lower())
         self.guard = OutageGuard(
             f"aiocache {type(cache).__name__}",
             retry_interval,

@@ -45,6 +45,9 @@ class Backend:
 
     is_local: bool = False
     supports_sync: bool = True
+    unpickles_unsigned: bool = False
+    """Whether a read may unpickle bytes nobody signed (whoever can write the store can
+    run code in this process): the response cache refuses such a backend."""
     probe: Callable[[Key], Any] | None = None
     """A sync lookup in a local tier (no I/O, never raises); the decorator's first try."""
     rest: Callable[[Key], Any] | None = None

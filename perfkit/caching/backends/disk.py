@@ -102,6 +102,11 @@ class DiskBackend(Backend):
         self.rejected = 0
         self._evictions = 0
         self._local = threading.local()
+        # Every thread's connection with its thread and process, for close(); a dead
+        # thread's is closed when the next one opens. One inherited across fork() is only
+        # forgotten: SQLite forbids using or closing it in the child.
+        self._connections: list[tuple[threading.Thread, int, sqlite3.Connection]] = []
+        self._connections_lock = threading.Lock()
         self._file = self.path / "cache.sqlite3"
         self._open_lock = threading.Lock()
         self._generation = 0  # bumped when the directory was replaced: threads reconnect
@@ -183,14 +188,25 @@ class DiskBackend(Backend):
     # -- connections and transactions ---------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         try:
+            # Used only by the thread that opened it; check_same_thread=False so that
+            # close() can close every thread's connection (asyncio.to_thread's workers').
             db = sqlite3.connect(
                 self._file, timeout=self.busy_timeout, isolation_level=None,
-                check_same_thread=True,
+                check_same_thread=False,
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise BackendError(f"disk cache at {self.path}: {exc}") from exc
+        pid, current = os.getpid(), threading.current_thread()
+        with self._connections_lock:
+            ours = [(t, p, c) for t, p, c in self._connections if p == pid]
+            # This thread's previous connection is replaced (closed already, or now).
+            keep = [(t, p, c) for t, p, c in ours if t.is_alive() and t is not current]
+            ended = [c for t, p, c in ours if not t.is_alive() or t is current]
+            self._connections = [*keep, (current, pid, db)]
+        for old in ended:
+            old.close()
         return db
 
     def _db(self) -> sqlite3.Connection:
@@ -400,10 +416,15 @@ class DiskBackend(Backend):
         await asyncio.to_thread(self.release_lock, key, token)
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Close every thread's connection (a later call opens a new one)."""
+        pid = os.getpid()
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+            self._generation += 1  # other threads reconnect instead of using a closed one
+        for _, opened_by, db in connections:
+            if opened_by == pid:  # never one inherited across fork()
+                db.close()
+        self._local.db = None
 
 
 class _Transaction:

@@ -78,6 +78,7 @@ class RedisBackend(Backend):
         self.lock_prefix = prefix + "lock:"
         self.serializer = serializer
         self._secret = secret.encode() if isinstance(secret, str) else secret
+        self.unpickles_unsigned = serializer == "pickle" and not self._secret
         self.socket_timeout = socket_timeout
         self.max_ttl = max_ttl
         self.retry_interval = retry_interval

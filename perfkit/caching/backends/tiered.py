@@ -97,6 +97,7 @@ class TieredBackend(Backend):
         if l2_writes == "on_evict":
             l1.on_evict = self._demote
         self.supports_sync = all(t.supports_sync for t in self.lower)
+        self.unpickles_unsigned = any(t.unpickles_unsigned for t in (l1, *self.lower))
         self.probe = l1.get  # the decorator tries L1 without any I/O first
         self._origin = uuid.uuid4().hex
         self._listener: _Listener | None = None
