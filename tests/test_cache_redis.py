@@ -523,3 +523,22 @@ def test_200_async_callers_in_2_processes_compute_once(redis_url, unique_ns):
     assert int(client.get(counter_key)) == 1
     client.delete(counter_key)
     RedisBackend(redis_url).clear_namespace(unique_ns)
+
+
+def test_a_tiered_backend_dropped_without_close_ends_its_listener(redis_url, unique_ns):
+    import gc
+    import threading
+    import weakref
+
+    before = {t for t in threading.enumerate() if t.name == "perfkit-tiered-invalidation"}
+    tiered = TieredBackend(MemoryBackend(10), RedisBackend(redis_url), channel=f"{unique_ns}:i")
+    assert tiered._listener.subscribed.wait(5)
+    listener = tiered._listener
+    gone = weakref.ref(tiered)
+    del tiered
+    gc.collect()
+    assert gone() is None  # the running thread does not keep the backend alive
+    listener.join(timeout=5)
+    assert not listener.is_alive()
+    after = {t for t in threading.enumerate() if t.name == "perfkit-tiered-invalidation"}
+    assert after <= before

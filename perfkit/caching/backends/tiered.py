@@ -31,7 +31,9 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Literal
 
 from perfkit.caching.backends.base import MISSING, Backend, BackendError, Key
@@ -104,6 +106,9 @@ class TieredBackend(Backend):
         if listen and hasattr(self.shared, "client") and hasattr(self.shared, "publish"):
             self._listener = _Listener(self)
             self._listener.start()
+            # A backend dropped without close() stops its listener too (the thread holds
+            # only a weak reference to it, so the backend can be collected at all).
+            weakref.finalize(self, self._listener.stop_soon)
             # Subscribe before first use, so no invalidation sent from now on is missed
             # (bounded: a Redis that is down must not block start-up).
             self._listener.subscribed.wait(subscribe_timeout)
@@ -348,35 +353,57 @@ async def _aeach(tiers: tuple[Backend, ...], op: Any) -> list[Any]:
 
 
 class _Listener(threading.Thread):
-    """Background subscriber to the invalidation channel; reconnects by itself."""
+    """Background subscriber to the invalidation channel; reconnects by itself.
+
+    It holds its backend weakly and ends once the backend is gone: a strong reference from
+    a running thread kept every TieredBackend built without ``close()`` (one per test, per
+    request-scoped cache) alive with its thread and Redis connection for the process's life.
+    """
 
     def __init__(self, tiered: TieredBackend) -> None:
         super().__init__(name="perfkit-tiered-invalidation", daemon=True)
-        self.tiered = tiered
+        self._tiered = weakref.ref(tiered)
+        self._client = tiered.shared.client  # type: ignore[attr-defined]
+        self._channel = tiered.channel
         self._stop_event = threading.Event()
         self.subscribed = threading.Event()
 
+    def stop_soon(self) -> None:
+        """Ask the thread to end, without waiting (safe from a finalizer)."""
+        self._stop_event.set()
+
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=2)
+        if self is not threading.current_thread():
+            self.join(timeout=2)
+
+    def _running(self) -> bool:
+        return not self._stop_event.is_set() and self._tiered() is not None
+
+    def _call(self, action: Callable[..., object], *args: object) -> None:
+        """``action(backend, *args)`` if the backend still exists; the strong reference
+        lives only for the call, never across the wait for the next message."""
+        tiered = self._tiered()
+        if tiered is not None:
+            action(tiered, *args)
 
     def run(self) -> None:
         delay = 0.1
         lost = False
-        while not self._stop_event.is_set():
+        while self._running():
             pubsub = None
             try:
-                pubsub = self.tiered.shared.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
-                pubsub.subscribe(self.tiered.channel)
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self._channel)
                 if lost:  # we may have missed invalidations while disconnected
-                    self.tiered.forget_local()
+                    self._call(TieredBackend.forget_local)
                     lost = False
                 self.subscribed.set()
                 delay = 0.1
-                while not self._stop_event.is_set():
+                while self._running():
                     message = pubsub.get_message(timeout=0.2)
                     if message and message.get("type") == "message":
-                        self.tiered.apply_invalidation(message["data"])
+                        self._call(TieredBackend.apply_invalidation, message["data"])
             except Exception as exc:
                 self.subscribed.clear()
                 if not lost:
