@@ -1114,16 +1114,23 @@ def test_xdist_workers_ship_results_to_the_controller(
         @pytest.mark.perf_budget(latency="5ms")
         def test_slow():
             time.sleep(0.03)
+
+        @pytest.mark.perf_budget(loop_block="5ms")
+        async def test_blocks():
+            time.sleep(0.03)
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest",
                                            "-n", "2",
                                            "--perf-budget", "--perf-report=perf.json")
-    result.assert_outcomes(passed=5)  # latency failures are warnings under -n by default
+    result.assert_outcomes(passed=6)  # time budgets (latency, loop_block) warn under -n
     out = result.stdout.str()
     assert "xdist: 2 workers; latency policy warn; load average " in out
     assert "downgraded" in (pytester.path / "perf.json").read_text()
     document = report_json(pytester)
-    assert document["workers"] == 2 and len(document["tests"]) == 5
+    assert document["workers"] == 2 and len(document["tests"]) == 6
+    loop = {r["budget"]: r for r in by_test(document)["test_blocks"]["results"]}["loop_block"]
+    assert loop["verdict"] == "over budget" and loop["enforced"] is False
+    assert "downgraded to a warning under xdist -n 2" in loop["detail"]
     assert len(document["load"]["start"]) == 3 and len(document["load"]["end"]) == 3
     assert {t["worker"] for t in document["tests"]} <= {"gw0", "gw1"}
     # a verdict downgraded to a warning is not profiled (no extra run per slowed test)
