@@ -395,3 +395,42 @@ async def test_compressor_memory_is_released_when_the_client_disconnects_mid_str
     finally:
         tracemalloc.stop()
     assert held[-1] < 2 << 20, f"{held[-1]} bytes still held after 40 abandoned streams"
+
+
+async def test_a_conditional_routes_own_304_carries_vary_when_its_media_type_is_declared() -> None:
+    from starlette.responses import JSONResponse
+
+    from perfkit.asgi import conditional
+
+    @conditional(etag=lambda request: "v1", media_type="application/json")
+    async def declared(request: Request) -> Response:
+        return JSONResponse({"text": "x" * 2000})
+
+    @conditional(etag=lambda request: "v1")
+    async def undeclared(request: Request) -> Response:
+        return JSONResponse({"text": "x" * 2000})
+
+    @conditional(etag=lambda request: "v1", media_type="image/png")
+    async def image(request: Request) -> Response:
+        return Response(b"\x89PNG" * 300, media_type="image/png")
+
+    app = CompressionMiddleware(Starlette(routes=[
+        Route("/declared", declared), Route("/undeclared", undeclared), Route("/image", image)]))
+    async with client(app) as c:
+        # (path, the 200's Vary, the 304's): undeclared, the 304 cannot know (documented)
+        for path, vary_200, vary_304 in (("/declared", "Accept-Encoding", "Accept-Encoding"),
+                                         ("/undeclared", "Accept-Encoding", None),
+                                         ("/image", None, None)):
+            first = await c.get(path, headers={"accept-encoding": "identity"})
+            again = await c.get(path, headers={"accept-encoding": "identity",
+                                               "if-none-match": first.headers["etag"]})
+            assert first.status_code == 200 and again.status_code == 304, path
+            assert first.headers.get("vary") == vary_200, path
+            assert again.headers.get("vary") == vary_304, path
+
+
+def test_conditional_media_type_is_checked() -> None:
+    from perfkit.asgi import conditional
+
+    with pytest.raises(ValueError, match="media_type"):
+        conditional(etag=lambda request: "x", media_type="")

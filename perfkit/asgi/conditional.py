@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from perfkit.asgi._asgi import SCOPE_304_TYPE
 from perfkit.asgi.etag import SCOPE_ETAG
 from perfkit.http_rules import (
     Precondition,
@@ -64,6 +65,7 @@ def conditional(
     last_modified: Validator | None = None,
     weak: bool = False,
     cache_control: str | None = None,
+    media_type: str | None = None,
 ) -> Callable[[F], F]:
     """Decorate a route handler that takes a ``Request`` so preconditions run first.
 
@@ -73,9 +75,17 @@ def conditional(
     The response gets the ETag, Last-Modified and ``cache_control`` headers: directly when
     the handler returns a Response (or FastAPI injects one), else through
     :class:`~perfkit.asgi.ETagMiddleware`, which reads it from the scope.
+
+    ``media_type`` is the Content-Type of the route's 200s. The 304 is answered before the
+    handler, so without it a compression layer cannot tell whether the 200 would have
+    carried ``Vary: Accept-Encoding`` (RFC 9110 §15.4.5 asks the 304 to carry it too).
     """
     if etag is None and last_modified is None:
         raise TypeError("conditional() needs etag=..., last_modified=... or both")
+    if media_type is not None and (not isinstance(media_type, str) or not media_type.isascii()
+                                   or not media_type.strip()):
+        raise ValueError(f"media_type: expected a Content-Type such as 'application/json', "
+                         f"got {media_type!r}")
     request_cls, response_cls = _starlette()
 
     def decorate(handler: F) -> F:
@@ -99,6 +109,8 @@ def conditional(
                 exists=tag is not None or modified is not None,
             )
             if outcome is Precondition.NOT_MODIFIED:
+                if media_type:
+                    request.scope[SCOPE_304_TYPE] = media_type.encode("latin-1")
                 return None, response_cls(status_code=304, headers=headers)
             if outcome is Precondition.FAILED:
                 return None, response_cls(status_code=412, headers=headers)
