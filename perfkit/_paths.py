@@ -32,3 +32,17 @@ def loaded_dirs(*names: str) -> tuple[str, ...]:
         if path:
             found.append(os.path.dirname(os.path.abspath(path)) + os.sep)
     return tuple(found)
+
+
+def short_path(path: str, root: str = "") -> str:
+    """``path`` as a reader wants it: relative to ``root`` (the project) when under it, else
+    from the standard library's or site-packages' directory (``json/encoder.py``)."""
+    if root and path.startswith(root + os.sep):
+        return path[len(root) + 1:]
+    stdlib = install_roots()[0]
+    if path.startswith(stdlib + os.sep):
+        return path[len(stdlib) + 1:]
+    marker = os.sep + "site-packages" + os.sep
+    if marker in path:
+        return path.split(marker, 1)[1]
+    return path

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, parse_keyword
+from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, parse_keyword, rerun_conflict
 from pytest_perfkit.settings import Settings
 
 __all__ = ["FILE_NAME", "BudgetFile", "PerfBudgetFileWarning", "add_options", "configure",
@@ -51,7 +51,11 @@ BUDGET_FILE_KEY = pytest.StashKey["BudgetFile | None"]()
 
 #: Keywords that recording writes; the rest of an entry (n_plus_one, allow, rerun, ...) is
 #: the user's and kept as written.
-RECORDED = ("latency", "cpu", "memory", "rss", "queries", "db_time")
+RECORDED = ("latency", "cpu", "memory", "rss", "calls", "queries", "db_time")
+
+#: ``record_calls_headroom``'s default: call counts do not vary between runs of one Python,
+#: but a small change in the code or a library adds a few calls.
+CALLS_HEADROOM = 1.1
 
 #: Readable steps a recorded limit is rounded up to (at most 25% up): 12ms, 25ms, 400ms.
 _STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
@@ -124,11 +128,11 @@ class BudgetFile:
         values = self.parsed.get(nodeid)
         if not values:
             return defaults
-        budget = defaults.with_values(values, f"budgets file {self.display}")
-        if budget.memory is not None and budget.latency is not None and not budget.rerun:
-            raise ValueError(
-                f"{self.display} [{json.dumps(nodeid)}]: memory= needs a separate traced run "
-                "(tracing distorts latency), but rerun=False forbids it")
+        source = f"budgets file {self.display}"
+        budget = defaults.with_values(values, source)
+        conflict = rerun_conflict(budget, source)
+        if conflict:
+            raise ValueError(f"{self.display} [{json.dumps(nodeid)}]: {conflict}")
         return budget
 
     def stale(self, collected: list[str], rootpath: Path, narrowed: bool) -> list[str]:
@@ -157,7 +161,8 @@ def observed(payload: Mapping[str, Any], owned: frozenset[str] | set[str] = froz
     Times are divided by the payload's ``scale``, so they are in the unit budgets are
     written in (reference-machine time under ``calibrate``). Keywords in ``owned`` (set by
     the test's marker, which would win anyway) are left out. Latency is always there; CPU,
-    heap and RSS peaks only when they were measured (their budget was set); queries when
+    heap and RSS peaks and call counts only when they were measured (their budget was set,
+    and could be applied); queries when
     statements were seen (a test that ran none may be one whose engine was not seen); DB
     time only under a db_time budget (judged with no noise band, so not set unasked).
     """
@@ -165,8 +170,9 @@ def observed(payload: Mapping[str, Any], owned: frozenset[str] | set[str] = froz
         return {}
     scale = float(payload.get("scale") or 1.0)
     budgets = payload.get("budgets") or {}
-    # A heap budget with rerun=False traces the only run: its time is the tracer's too.
-    traced_only = "memory" in budgets and budgets.get("rerun") is False
+    # A heap or call-count budget with rerun=False traces the only run: its time is the
+    # tracer's too.
+    traced_only = budgets.get("rerun") is False and ("memory" in budgets or "calls" in budgets)
     values: dict[str, float] = {}
     latency = payload.get("latency") or {}
     if not traced_only and latency.get("judged") is not None:
@@ -180,6 +186,9 @@ def observed(payload: Mapping[str, Any], owned: frozenset[str] | set[str] = froz
         values["memory"] = float(memory["heap_peak"])
     if memory.get("rss_peak") is not None and memory.get("rss_method") != "unavailable":
         values["rss"] = float(memory["rss_peak"])
+    calls = payload.get("calls") or {}
+    if calls.get("total") is not None:
+        values["calls"] = float(calls["total"])
     sql = payload.get("sql") or {}
     if sql.get("count"):
         values["queries"] = float(sql["count"])
@@ -217,10 +226,13 @@ def readable_size(size: float) -> str:
     return _readable(size, (("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1.0)), 1.0)
 
 
-def _limit(name: str, value: float, headroom: float, count_headroom: float | None) -> Any:
+def _limit(name: str, value: float, headroom: float, count_headroom: float | None,
+           calls_headroom: float) -> Any:
     if name == "queries":
         count = value if count_headroom is None else value * count_headroom
         return math.ceil(count - 1e-9)
+    if name == "calls":
+        return math.ceil(value * calls_headroom - 1e-9)
     if name in ("memory", "rss"):
         return readable_size(value * headroom)
     return readable_duration(value * headroom)
@@ -239,7 +251,8 @@ class Change:
 
 
 def propose(old: Mapping[str, Mapping[str, Any]], observations: Mapping[str, Mapping[str, float]],
-            *, headroom: float, count_headroom: float | None, ratchet: bool
+            *, headroom: float, count_headroom: float | None, ratchet: bool,
+            calls_headroom: float = CALLS_HEADROOM,
             ) -> tuple[dict[str, dict[str, Any]], list[Change]]:
     """The new file's entries and what changed. Entries of tests not observed are kept as
     they are; so are keywords an observation does not cover. With ``ratchet`` a keyword
@@ -251,7 +264,7 @@ def propose(old: Mapping[str, Mapping[str, Any]], observations: Mapping[str, Map
         for name in RECORDED:
             if name not in values:
                 continue
-            new = _limit(name, values[name], headroom, count_headroom)
+            new = _limit(name, values[name], headroom, count_headroom, calls_headroom)
             if name not in entry:
                 entry[name] = new
                 changes.append(Change(nodeid, name, None, new, "new"))
@@ -335,8 +348,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--perf-budget-record", action="store", nargs="?", const="", default=None,
         metavar="PATH", dest="perf_budget_record",
         help="after the session, write each test's observed latency/memory x headroom and "
-             "its query count into the budgets file (or PATH, a .toml file; write it with "
-             "'='), keeping entries of tests not run",
+             "its query and call counts into the budgets file (or PATH, a .toml file; write "
+             "it with '='), keeping entries of tests not run",
     )
     group.addoption(
         "--perf-budget-ratchet", action="store_true", default=False,
@@ -401,7 +414,8 @@ def configure(config: pytest.Config, settings: Settings) -> None:
     recorder = None
     if record is not None:
         recorder = Recording(target, _display(target, config), base, ratchet,
-                             settings.record_headroom, settings.record_count_headroom)
+                             settings.record_headroom, settings.record_count_headroom,
+                             settings.record_calls_headroom)
     config.pluginmanager.register(BudgetFilePlugin(config, budget_file, path.exists(), recorder),
                                   "perfkit-budget-file")
 
@@ -416,6 +430,7 @@ class Recording:
     ratchet: bool
     headroom: float
     count_headroom: float | None
+    calls_headroom: float = CALLS_HEADROOM
     observations: dict[str, dict[str, float]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
@@ -425,7 +440,7 @@ class Recording:
 
     def describe(self) -> str:
         counts = ("queries exact" if self.count_headroom is None
-                  else f"queries x{self.count_headroom:g}")
+                  else f"queries x{self.count_headroom:g}") + f", calls x{self.calls_headroom:g}"
         return (f"headroom x{self.headroom:g}, {counts}"
                 + ("; ratchet: budgets only tighten" if self.ratchet else ""))
 
@@ -523,7 +538,8 @@ class BudgetFilePlugin:
             return
         entries, recording.changes = propose(
             recording.base.raw, recording.observations, headroom=recording.headroom,
-            count_headroom=recording.count_headroom, ratchet=recording.ratchet)
+            count_headroom=recording.count_headroom, ratchet=recording.ratchet,
+            calls_headroom=recording.calls_headroom)
         recording.kept = sum(1 for nodeid in entries if nodeid not in recording.observations)
         changed = any(c.kind in ("new", "tightened", "loosened") for c in recording.changes)
         # Rewritten only when a budget changed: a hand-written file keeps its comments else.

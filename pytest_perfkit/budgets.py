@@ -14,7 +14,7 @@ from typing import Any
 
 from perfkit.measure.units import format_duration, format_size, parse_duration, parse_size
 
-__all__ = ["BUDGET_KEYWORDS", "Budget", "Mode", "parse_keyword"]
+__all__ = ["BUDGET_KEYWORDS", "Budget", "Mode", "parse_keyword", "rerun_conflict"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,9 @@ BUDGET_KEYWORDS: dict[str, Keyword] = {k.name: k for k in (
     Keyword("rss", parse_size, None,
             "growth of the process RSS high-water mark during the call, e.g. 100MB",
             format_size),
+    Keyword("calls", _count, None,
+            "most function calls the call may make: Python functions plus built-ins called "
+            "from Python, in the test's thread (profile hook, separate run)"),
     Keyword("queries", _count, None, "most SQL statements the call may execute"),
     Keyword("db_time", parse_duration, None, "total SQL time (driver + server)",
             format_duration),
@@ -140,7 +143,8 @@ BUDGET_KEYWORDS: dict[str, Keyword] = {k.name: k for k in (
 )}
 
 #: Keywords whose value is a numeric limit (what "a test with budgets" means).
-LIMITS = ("latency", "cpu", "memory", "rss", "queries", "db_time", "slow_query", "loop_block")
+LIMITS = ("latency", "cpu", "memory", "rss", "calls", "queries", "db_time", "slow_query",
+          "loop_block")
 
 
 def parse_keyword(name: str, value: object, where: str) -> Any:
@@ -163,6 +167,7 @@ class Budget:
     cpu: float | None = None
     memory: int | None = None
     rss: int | None = None
+    calls: int | None = None
     queries: int | None = None
     db_time: float | None = None
     slow_query: float | None = None
@@ -188,6 +193,26 @@ class Budget:
         parts = [f"{name}={BUDGET_KEYWORDS[name].show(value)}"
                  for name, value in self.limits.items()]
         return ", ".join(parts) or "none"
+
+
+def rerun_conflict(budget: Budget, where: str) -> str:
+    """Why ``budget``, as set at ``where`` (a marker, a budgets file entry), cannot be
+    measured: a budget that needs a run of its own (its tracing distorts time) beside a
+    timing budget, with ``rerun=False`` forbidding that run; ``""`` when it can.
+
+    A ``calls`` budget from the session defaults is not an error: in such a test it is
+    reported as not applied (the timing budget keeps the only run).
+    """
+    if budget.rerun:
+        return ""
+    if budget.memory is not None and budget.latency is not None:
+        return ("memory= needs a separate traced run (tracing distorts latency), but "
+                "rerun=False forbids it; use rss= for memory, or drop one of the budgets")
+    if budget.calls is not None and budget.sources.get("calls") == where and (
+            budget.latency is not None or budget.cpu is not None):
+        return ("calls= needs a separate counted run (its profile hook distorts timing), but "
+                "rerun=False forbids it; drop calls= or the timing budget")
+    return ""
 
 
 def layer(base: Budget, values: Iterable[tuple[str, Mapping[str, object]]]) -> Budget:

@@ -22,7 +22,6 @@ from pytest_perfkit.verdicts import NOT_APPLIED, BudgetResult, count_result
 __all__ = ["for_test", "loop_result", "start_watch"]
 
 NOT_ASYNC = "not an async test"
-TRACED = "the only run was traced for memory (rerun=False), which slows every step"
 
 
 def is_async_test(item: pytest.Item) -> bool:
@@ -46,14 +45,17 @@ def for_test(item: pytest.Item, budget: Budget, defaults: Budget) -> Budget:
     return replace(budget, loop_block=None, sources=sources)
 
 
-def start_watch(item: pytest.Item, budget: Budget, heap_inline: bool) -> LoopWatch | str | None:
-    """A watch to enter around the call, the reason it does not apply, or ``None`` (no budget)."""
+def start_watch(item: pytest.Item, budget: Budget, traced: str) -> LoopWatch | str | None:
+    """A watch to enter around the call, the reason it does not apply, or ``None`` (no budget).
+
+    ``traced``: why the only run is traced (heap or call count with ``rerun=False``), or ``""``.
+    """
     if budget.loop_block is None:
         return None
     if not is_async_test(item):
         return NOT_ASYNC
-    if heap_inline:
-        return TRACED
+    if traced:
+        return f"{traced}, which slows every step"
     return LoopWatch(budget.loop_block)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from perfkit._paths import install_roots, loaded_dirs
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
 from perfkit.measure.calibrate import (
     ALU_REFERENCE_SECONDS,
@@ -31,13 +32,14 @@ from perfkit.measure.calibrate import (
     calibrate,
     sample_alu,
 )
+from perfkit.measure.calls import CallCounter
 from perfkit.measure.memory import HeapPeak, HeapTracer, RssHighWater
 from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Verdict, judge
 from perfkit.measure.timing import CallTimer, Timing, cpu_wait_clock
 from perfkit.measure.units import format_duration, format_size, parse_duration
 from pytest_perfkit import budget_file
-from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer
+from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer, rerun_conflict
 from pytest_perfkit.report import NO_STATEMENTS, summary_lines, write_reports
 from pytest_perfkit.settings import Settings, add_options, load_settings
 from pytest_perfkit.verdicts import (
@@ -60,7 +62,8 @@ LOOP_KEY = pytest.StashKey[Any]()
 NEAR_FRACTION = 0.8
 
 MARKER_HELP = (
-    "perf_budget(latency=None, cpu=None, memory=None, rss=None, queries=None, db_time=None, "
+    "perf_budget(latency=None, cpu=None, memory=None, rss=None, calls=None, queries=None, "
+    "db_time=None, "
     "slow_query=None, loop_block=None, n_plus_one='warn', full_scans='warn', rerun=True, "
     "allow=(), warmup=0): "
     "performance budgets for this test, enforced with --perf-budget"
@@ -92,11 +95,9 @@ def _marker_budget(item: pytest.Item, defaults: Budget) -> Budget | None:
             raise ValueError(f"{where}: takes keywords only, got positional {marker.args!r}")
         merged.update(marker.kwargs)
     budget = layer(defaults, [(where, merged)])
-    if budget.memory is not None and budget.latency is not None and not budget.rerun:
-        raise ValueError(
-            f"{where}: memory= needs a separate traced run (tracing distorts latency), but "
-            "rerun=False forbids it; use rss= for memory, or drop one of the budgets"
-        )
+    conflict = rerun_conflict(budget, where)
+    if conflict:
+        raise ValueError(f"{where}: {conflict}")
     # A session default (ini/env/CLI) warmup yields to a test's rerun=False, with a note.
     if budget.warmup and not budget.rerun and budget.sources.get("warmup") == where:
         raise ValueError(
@@ -149,11 +150,12 @@ class PerfFixture:
     """
 
     def __init__(self, item: pytest.Item, settings: Settings, scale: float,
-                 tracker: Any = None) -> None:
+                 tracker: Any = None, plugin: PerfBudgetPlugin | None = None) -> None:
         self._item = item
         self._settings = settings
         self._scale = scale
         self._tracker = tracker
+        self._plugin = plugin
         self.results: list[BenchResult] = []
 
     @contextmanager
@@ -174,6 +176,10 @@ class PerfFixture:
 
     def _check(self, fn: Any, result: BenchResult, budget: object) -> BenchResult:
         self.results.append(result)
+        if self._plugin is not None and self._plugin.counting:
+            # The run that counts calls: its profile hook slows the rounds (they are not
+            # counted), so they are neither judged nor reported.
+            return result
         limit = None if budget is None else parse_duration(budget, "budget") * self._scale
         name = getattr(fn, "__qualname__", repr(fn))
         entry = {"name": name, "min": result.stats.min, "median": result.stats.median,
@@ -211,7 +217,7 @@ def perf(request: pytest.FixtureRequest) -> PerfFixture:
     settings = request.config.stash[SETTINGS_KEY]
     plugin = request.config.pluginmanager.get_plugin("perfkit-budget")
     if isinstance(plugin, PerfBudgetPlugin):
-        return PerfFixture(request.node, settings, plugin.scale, plugin._tracker)
+        return PerfFixture(request.node, settings, plugin.scale, plugin._tracker, plugin)
     return PerfFixture(request.node, settings, 1.0)
 
 
@@ -247,6 +253,8 @@ class PerfBudgetPlugin:
         self.workers = int(workerinput.get("workercount", 1)) if workerinput else _xdist_n(config)
         self.baseline = self._load_baseline(settings.baseline)
         self._rerunning = False
+        self.counting = False  # in the run that counts calls
+        self._around: tuple[str, ...] | None = None
         self._tracker: Any = None
         self.report_paths: list[str] = []
         self._collected: dict[str, int] = {}
@@ -330,7 +338,9 @@ class PerfBudgetPlugin:
             f"disagree, at most {MAX_NOISE_BAND:.0%}); calibration {calibration}",
             f"perfkit: latency = {wait}, GC pauses removed; {speed}",
             f"perfkit: memory = heap peak (tracemalloc, separate run) / RSS high-water "
-            f"(VmHWM or sampled); xdist latency policy: {s.xdist}; EXPLAIN "
+            f"(VmHWM or sampled); calls = Python + built-in calls in the test's thread "
+            f"(profile hook, separate run, Python {sys.version.split()[0]}); xdist latency "
+            f"policy: {s.xdist}; EXPLAIN "
             f"{'on' if s.explain else 'off'}; native threads: {blas}",
         ]
 
@@ -415,9 +425,13 @@ class PerfBudgetPlugin:
         rss = (RssHighWater(sampler=True if self.settings.rss_sampling else None)
                if budget.rss is not None else None)
         heap = HeapTracer() if heap_inline else None
+        counter = self._inline_counter(budget, heap_inline)
+        traced = ("the only run was traced for memory (rerun=False)" if heap_inline else
+                  "the only run was counted for calls (rerun=False)"
+                  if isinstance(counter, CallCounter) else "")
         # The event-loop watch (async tests with loop_block only) finds the loop the test
         # runs on by itself; its watchdog thread starts here, outside the timed window.
-        watch = pyfuncitem.stash[LOOP_KEY] = self._loop.start_watch(pyfuncitem, budget, heap_inline)
+        watch = pyfuncitem.stash[LOOP_KEY] = self._loop.start_watch(pyfuncitem, budget, traced)
         # A full collection first keeps a gen-2 pass out of a *judged* window; it costs
         # tens of ms in a big process, so tests without a timing limit skip it.
         timed = budget.latency is not None or budget.cpu is not None or \
@@ -433,7 +447,7 @@ class PerfBudgetPlugin:
         # speed by 1.75x within half a second).
         # The arithmetic reference's sample goes first, so the mixed one stays right beside
         # the run as without it.
-        leading = (self.settings.calibrate and self.settings.speed_check and not heap_inline
+        leading = (self.settings.calibrate and self.settings.speed_check and not traced
                    and (budget.latency is not None or budget.cpu is not None))
         alu_lead = sample_alu() if leading else None
         lead = self.speed.sample() if leading else None
@@ -447,16 +461,94 @@ class PerfBudgetPlugin:
             if tracker is not None:
                 tracker.start()
             stack.enter_context(timer)
+            if isinstance(counter, CallCounter):  # around the body's hooks only
+                counter.__enter__()
             try:
                 result = yield
             finally:
+                if isinstance(counter, CallCounter):
+                    counter.__exit__(None, None, None)
                 if tracker is not None:
                     tracker.stop()
                     timer.exclude(tracker.overhead)
         payload["status"] = "measured"
         self._judge(pyfuncitem, budget, payload, timer, rss, heap.result if heap else None,
-                    lead, alu_lead)
+                    lead, alu_lead, counter)
         return result
+
+    # --- call counts ---
+
+    def _calls_blocked(self) -> str:
+        """Why calls cannot be counted now (one profile hook per thread), or ``""``."""
+        if self._memray_active():  # its hook is set from C: sys.getprofile() does not see it
+            return "pytest-memray is tracing; one profile hook at a time"
+        current = sys.getprofile()
+        if current is not None:
+            name = getattr(current, "__qualname__", None) or type(current).__qualname__
+            return (f"another profiler is active (sys.setprofile: {name}); one profile hook "
+                    "at a time")
+        return ""
+
+    def _counter(self) -> CallCounter:
+        """A counter that starts at the test's own code: pytest, pluggy, async runners and
+        the standard library around the body are not counted, what the body calls is."""
+        if self._around is None:
+            self._around = (*(root + os.sep for root in install_roots()),
+                            *loaded_dirs("_pytest", "pluggy", "pytest_asyncio", "anyio", "trio"),
+                            "<")
+        return CallCounter(around=self._around, root=str(self.config.rootpath))
+
+    def _inline_counter(self, budget: Budget, heap_inline: bool) -> CallCounter | str | None:
+        """With ``calls=`` and ``rerun=False``: a counter around the only run (its timing is
+        then not judged), or why it cannot count; ``None`` otherwise."""
+        if budget.calls is None or budget.rerun:
+            return None
+        blocked = self._calls_blocked()
+        if blocked:
+            return blocked
+        if heap_inline:
+            return ("the only run (rerun=False) was traced for memory; one profile hook at "
+                    "a time")
+        if budget.latency is not None or budget.cpu is not None:
+            return ("rerun=False and a timing budget: the only run is timed, and counting "
+                    "calls in it would distort that")
+        return self._counter()
+
+    def _calls_result(self, item: pytest.Function, budget: Budget,
+                      inline: CallCounter | str | None, payload: dict[str, Any]) -> BudgetResult:
+        """``calls=``: counted in a separate run of the body, or in the only run (rerun=False)."""
+        assert budget.calls is not None
+
+        def not_applied(why: str) -> BudgetResult:
+            payload["calls"] = {"note": why}
+            return BudgetResult("calls", budget.calls, None, "count", NOT_APPLIED, detail=why)
+
+        if isinstance(inline, str):
+            return not_applied(inline)
+        where = "counted in the only run"
+        if inline is None:
+            blocked = self._calls_blocked()
+            if blocked:
+                return not_applied(blocked)
+            inline = self._counter()
+            self.counting = True
+            try:
+                with inline:
+                    error = self._rerun(item)
+            finally:
+                self.counting = False
+            if error:
+                return not_applied(f"the counted re-run failed ({error}); mark the test "
+                                   "rerun=False to count the first run")
+            where = "separate run"
+        count = inline.result
+        if count.error:
+            return not_applied(count.error)
+        payload["calls"] = {**count.as_dict(), "python_version": sys.version.split()[0]}
+        detail = (f"{count.python} Python + {count.c} built-in calls in the test's thread "
+                  f"({where}, Python {sys.version.split()[0]})")
+        return count_result("calls", count.total, budget.calls, "count",
+                            [entry.line() for entry in count.top[:5]], detail)
 
     def _explain_failure(self, item: pytest.Function, budget: Budget,
                          results: list[BudgetResult], payload: dict[str, Any]) -> None:
@@ -497,7 +589,8 @@ class PerfBudgetPlugin:
 
     def _judge(self, item: pytest.Function, budget: Budget, payload: dict[str, Any],
                timer: CallTimer, rss: RssHighWater | None, heap: HeapPeak | None,
-               lead: float | None = None, alu_lead: float | None = None) -> None:
+               lead: float | None = None, alu_lead: float | None = None,
+               counter: CallCounter | str | None = None) -> None:
         margins: Margins = self.settings.margins
         notes: list[str] = []
         results: list[BudgetResult] = []
@@ -568,6 +661,9 @@ class PerfBudgetPlugin:
         heap_inline = heap is not None
         if heap_inline and targets:
             notes.append("timing not judged: the only run was traced for memory (rerun=False)")
+            targets.clear()
+        elif isinstance(counter, CallCounter) and targets:
+            notes.append("timing not judged: the only run was counted for calls (rerun=False)")
             targets.clear()
         # In reference-machine time a run's factor is the smaller of the mixed reference's
         # and an arithmetic-only one's: the mixed one alone once read 2.1x beside a loop
@@ -704,6 +800,9 @@ class PerfBudgetPlugin:
                 results.append(count_result("rss", rss.peak, budget.rss, "bytes",
                                             detail=f"RSS high-water growth ({rss.method})"))
         payload["memory"] = memory or None
+        payload["calls"] = None
+        if budget.calls is not None:  # sets payload["calls"]
+            results.append(self._calls_result(item, budget, counter, payload))
         watch = item.stash.get(LOOP_KEY, None)
         if budget.loop_block is not None and watch is not None:
             loop, payload["loop"] = self._loop.loop_result(budget.loop_block, watch)

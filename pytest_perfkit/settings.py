@@ -135,6 +135,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("record_count_headroom", _headroom, None,
             "--perf-budget-record writes observed query counts x this, rounded up (default: "
             "the count exactly)"),
+    Setting("record_calls_headroom", _headroom, 1.1,
+            "--perf-budget-record writes observed call counts (calls=) x this, rounded up"),
 )}
 
 

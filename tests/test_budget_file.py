@@ -147,7 +147,8 @@ def test_record_then_a_slower_test_fails_against_its_recorded_budget(
     result.assert_outcomes(passed=2, failed=1, skipped=1, errors=1, xfailed=1)
     out = result.stdout.str()
     assert "perfkit: no budgets file (perf-budgets.toml not found)" in out
-    assert "perfkit: recording budgets to perf-budgets.toml (headroom x2, queries exact)" in out
+    assert ("perfkit: recording budgets to perf-budgets.toml (headroom x2, queries exact, "
+            "calls x1.1)") in out
     assert "perf-budgets.toml: 1 test recorded" in out
     assert "budgets: 1 new, 0 tightened, 0 loosened, 0 unchanged" in out
     assert ("not recorded (failed functionally): test_inner.py::test_broken, "

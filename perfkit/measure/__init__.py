@@ -1,4 +1,5 @@
-"""The measurement core shared by the pytest plugin: latency, CPU time, memory, statistics.
+"""The measurement core shared by the pytest plugin: latency, CPU time, memory, call counts,
+statistics.
 
 Nothing here imports pytest; every piece is usable alone.
 """
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.measure.bench import BenchResult, BenchSettings, abenchmark, benchmark
 from perfkit.measure.calibrate import Calibration, MachineSpeed, calibrate, normalise
+from perfkit.measure.calls import CallCount, CallCounter, FunctionCalls
 from perfkit.measure.memory import AllocationSite, HeapPeak, HeapTracer, RssHighWater
 from perfkit.measure.runs import TimedRuns
 from perfkit.measure.stats import Margins, Stats, Verdict, judge
@@ -23,7 +25,10 @@ __all__ = [
     "BenchResult",
     "BenchSettings",
     "Calibration",
+    "CallCount",
+    "CallCounter",
     "CallTimer",
+    "FunctionCalls",
     "HeapPeak",
     "HeapTracer",
     "MachineSpeed",

@@ -14,7 +14,6 @@ caller's own code can be found among them.
 from __future__ import annotations
 
 import cProfile
-import os
 import pstats
 import sys
 import time
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfkit._paths import PERFKIT_DIR, PLUGIN_DIR, install_roots, loaded_dirs
+from perfkit._paths import PERFKIT_DIR, PLUGIN_DIR, install_roots, loaded_dirs, short_path
 from perfkit.measure.units import format_duration
 
 __all__ = ["ProfileEntry", "ProfileResult", "profile_call"]
@@ -95,18 +94,6 @@ class ProfileResult:
                 "user": [e.as_dict() for e in self.user]}
 
 
-def _short(path: str, root: str) -> str:
-    if root and path.startswith(root + os.sep):
-        return path[len(root) + 1:]
-    stdlib = install_roots()[0]
-    if path.startswith(stdlib + os.sep):
-        return path[len(stdlib) + 1:]
-    marker = os.sep + "site-packages" + os.sep
-    if marker in path:
-        return path.split(marker, 1)[1]
-    return path
-
-
 def _entries(stats: pstats.Stats, root: str, exclude: tuple[str, ...]) -> list[ProfileEntry]:
     plumbing = _plumbing() + exclude
     library = _library()
@@ -131,7 +118,7 @@ def _entries(stats: pstats.Stats, root: str, exclude: tuple[str, ...]) -> list[P
         if key in dropped:
             continue
         filename, line, name = key
-        location = "~" if filename == "~" else f"{_short(filename, root)}:{line}"
+        location = "~" if filename == "~" else f"{short_path(filename, root)}:{line}"
         entries.append(ProfileEntry(location, name, own, cumulative, calls,
                                     user_code(filename)))
     return entries
