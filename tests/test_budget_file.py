@@ -82,6 +82,13 @@ def test_observed_values_come_from_the_report_payload() -> None:
     # heap traced in the only run (rerun=False): its time is the tracer's too
     traced = {**payload, "budgets": {"memory": 10, "rerun": False}}
     assert "latency" not in observed(traced) and "cpu" not in observed(traced)
+    # call counts when they were counted; a count in the only run slowed that run too
+    counted = {**payload, "budgets": {"calls": 10}, "calls": {"total": 1234, "python": 1000}}
+    assert observed(counted)["calls"] == 1234.0
+    assert "calls" not in observed({**counted, "calls": {"note": "another profiler"}})
+    assert "calls" not in observed({**counted, "calls": None})
+    only_run = {**counted, "budgets": {"calls": 10, "rerun": False}}
+    assert "latency" not in observed(only_run) and observed(only_run)["calls"] == 1234.0
 
 
 def test_propose_records_ratchets_and_keeps_what_it_did_not_observe() -> None:
@@ -100,6 +107,15 @@ def test_propose_records_ratchets_and_keeps_what_it_did_not_observe() -> None:
     entries, _ = propose({}, {"t.py::c": {"queries": 5.0}}, headroom=2.0, count_headroom=1.5,
                          ratchet=False)
     assert entries == {"t.py::c": {"queries": 8}}  # ceil(5 x 1.5)
+    # call counts: x the calls headroom (1.1 unless given), rounded up; the ratchet holds
+    entries, _ = propose({}, {"t.py::c": {"calls": 1000.0}}, headroom=2.0, count_headroom=None,
+                         ratchet=False)
+    assert entries == {"t.py::c": {"calls": 1100}}
+    entries, changes = propose({"t.py::c": {"calls": 1050}}, {"t.py::c": {"calls": 1001.0}},
+                               headroom=2.0, count_headroom=None, ratchet=True,
+                               calls_headroom=1.05)
+    assert entries == {"t.py::c": {"calls": 1050}}  # ceil(1001 x 1.05) = 1052 > 1050: held
+    assert [(c.keyword, c.kind) for c in changes] == [("calls", "held")]
 
 
 def test_rendered_file_reads_back_as_written(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from perfkit._paths import PLUGIN_DIR, short_path
 __all__ = ["CallCount", "CallCounter", "FunctionCalls"]
 
 MEASURE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_THIS_FILE = os.path.abspath(__file__)
 
 # Where a frame stands; a frame's state follows from its caller's and its own file.
 _OUTSIDE, _COUNTING, _EXCLUDED = 0, 1, 2
@@ -107,7 +108,7 @@ class CallCounter:
         if top < 0:
             raise ValueError(f"top: must be >= 0, got {top!r}")
         self.around = tuple(around)
-        self.exclude = tuple(exclude)
+        self.exclude = (*exclude, _THIS_FILE)  # the counter's own exit, whatever is given
         self.top = top
         self.root = root
         self.pause_gc = pause_gc
