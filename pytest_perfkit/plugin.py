@@ -463,10 +463,12 @@ class PerfBudgetPlugin:
             stack.enter_context(timer)
             if isinstance(counter, CallCounter):  # around the body's hooks only
                 counter.__enter__()
+                self.counting = True
             try:
                 result = yield
             finally:
                 if isinstance(counter, CallCounter):
+                    self.counting = False
                     counter.__exit__(None, None, None)
                 if tracker is not None:
                     tracker.stop()
@@ -544,6 +546,10 @@ class PerfBudgetPlugin:
         count = inline.result
         if count.error:
             return not_applied(count.error)
+        if not count.python:  # the test function itself is one call, when it is seen
+            return not_applied("the test function's own call was not seen: its code is in "
+                               "the standard library, site-packages or a '<...>' file, where "
+                               "counting does not start")
         payload["calls"] = {**count.as_dict(), "python_version": sys.version.split()[0]}
         detail = (f"{count.python} Python + {count.c} built-in calls in the test's thread "
                   f"({where}, Python {sys.version.split()[0]})")

@@ -180,12 +180,19 @@ def test_perf_fixture_rounds_are_not_counted(run, pytester) -> None:
         def test_bench(perf, max_time):
             perf(leaf, 1, min_rounds=2, max_time=max_time)
             leaf(2)
-    """, "--perf-budget", "--perf-report=perf.json")
-    result.assert_outcomes(passed=2)
+
+        @pytest.mark.perf_budget(calls=1000, rerun=False)
+        def test_bench_only_run(perf):
+            perf(leaf, 1, budget="1ns", min_rounds=2, max_time=0.001)  # not judged here
+            leaf(2)
+    """, "--perf-budget", "--perf-report=perf.json", "--perf-budget-margin-abs=0")
+    result.assert_outcomes(passed=3)
     tests = report(pytester)
     short, long = tests["test_bench[0.001]"], tests["test_bench[0.05]"]
     assert short["calls"]["total"] == long["calls"]["total"] == 2  # the test and leaf(2)
     assert len(short["benchmarks"]) == 1  # the counted run's rounds are not reported
+    only = tests["test_bench_only_run"]
+    assert only["calls"]["total"] == 2 and only["benchmarks"] == []
 
 
 def test_not_applied_beside_another_profiler_or_after_a_failed_rerun(run, pytester) -> None:
@@ -218,8 +225,14 @@ def test_not_applied_beside_another_profiler_or_after_a_failed_rerun(run, pytest
         def test_once_only():
             RUNS.append(1)
             assert len(RUNS) == 1
+
+        # code whose file counting never starts in (like the standard library's): a count
+        # of 0 would pass any budget, so it is no count
+        namespace = {}
+        exec(compile("def test_generated():\\n    pass\\n", "<generated>", "exec"), namespace)
+        test_generated = pytest.mark.perf_budget(calls=0)(namespace["test_generated"])
     """, "--perf-budget", "--perf-report=perf.json")
-    result.assert_outcomes(passed=3)  # a budget not applied does not fail the test
+    result.assert_outcomes(passed=4)  # a budget not applied does not fail the test
     tests = report(pytester)
     for name in ("test_under_profiler", "test_under_profiler_only_run"):
         calls = results(tests[name])["calls"]
@@ -229,6 +242,9 @@ def test_not_applied_beside_another_profiler_or_after_a_failed_rerun(run, pytest
     assert failed["verdict"] == "not applied"
     assert "the counted re-run failed (AssertionError" in failed["detail"]
     assert "rerun=False to count the first run" in failed["detail"]
+    generated = results(tests["test_generated"])["calls"]
+    assert generated["verdict"] == "not applied"
+    assert "the test function's own call was not seen" in generated["detail"]
     not_applied = result.stdout.str().split("budgets not applied:")[1]
     assert "test_inner.py::test_under_profiler: calls: another profiler" in not_applied
     assert "test_inner.py::test_once_only: calls: the counted re-run failed" in not_applied
