@@ -183,19 +183,21 @@ def test_other_threads_are_not_counted() -> None:
 
 
 def test_the_collector_pauses_while_counting() -> None:
-    assert gc.isenabled()
-    with CallCounter():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()
+    was_enabled = gc.isenabled()
     try:
+        gc.enable()
+        with CallCounter():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        gc.disable()
         with CallCounter():
             pass
         assert not gc.isenabled()  # left as it was found
-    finally:
         gc.enable()
-    with CallCounter(pause_gc=False):
-        assert gc.isenabled()
+        with CallCounter(pause_gc=False):
+            assert gc.isenabled()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
 
 
 def test_another_profiler_is_never_replaced() -> None:
