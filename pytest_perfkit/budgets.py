@@ -108,7 +108,8 @@ N_PLUS_ONE_THRESHOLD = 5
 
 BUDGET_KEYWORDS: dict[str, Keyword] = {k.name: k for k in (
     Keyword("latency", parse_duration, None,
-            "wall time of the test call (e.g. 50ms); judged on the minimum of confirm runs",
+            "wall time of the test call (e.g. 50ms); judged on the median of the first run and "
+            "the confirm runs taken when it is near the budget",
             format_duration),
     Keyword("cpu", parse_duration, None, "CPU time of the test call (process time)",
             format_duration),

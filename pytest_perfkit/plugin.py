@@ -176,9 +176,9 @@ class PerfFixture:
 
     def _check(self, fn: Any, result: BenchResult, budget: object) -> BenchResult:
         self.results.append(result)
-        if self._plugin is not None and self._plugin.counting:
-            # The run that counts calls: its profile hook slows the rounds (they are not
-            # counted), so they are neither judged nor reported.
+        if self._plugin is not None and self._plugin.instrumented:
+            # A run under a tracer (calls counted, heap traced) slows the rounds: they are
+            # neither judged nor reported.
             return result
         limit = None if budget is None else parse_duration(budget, "budget") * self._scale
         name = getattr(fn, "__qualname__", repr(fn))
@@ -253,7 +253,9 @@ class PerfBudgetPlugin:
         self.workers = int(workerinput.get("workercount", 1)) if workerinput else _xdist_n(config)
         self.baseline = self._load_baseline(settings.baseline)
         self._rerunning = False
-        self.counting = False  # in the run that counts calls
+        # In a run under a tracer (calls counted, heap traced): the perf fixture's rounds
+        # are slowed by it, so they are neither judged nor reported.
+        self.instrumented = False
         self._around: tuple[str, ...] | None = None
         self._tracker: Any = None
         self.report_paths: list[str] = []
@@ -463,12 +465,12 @@ class PerfBudgetPlugin:
             stack.enter_context(timer)
             if isinstance(counter, CallCounter):  # around the body's hooks only
                 counter.__enter__()
-                self.counting = True
+            self.instrumented = isinstance(counter, CallCounter)
             try:
                 result = yield
             finally:
+                self.instrumented = False
                 if isinstance(counter, CallCounter):
-                    self.counting = False
                     counter.__exit__(None, None, None)
                 if tracker is not None:
                     tracker.stop()
@@ -533,12 +535,12 @@ class PerfBudgetPlugin:
             if blocked:
                 return not_applied(blocked)
             inline = self._counter()
-            self.counting = True
+            self.instrumented = True
             try:
                 with inline:
                     error = self._rerun(item)
             finally:
-                self.counting = False
+                self.instrumented = False
             if error:
                 return not_applied(f"the counted re-run failed ({error}); mark the test "
                                    "rerun=False to count the first run")
@@ -776,8 +778,12 @@ class PerfBudgetPlugin:
                 error = ""
                 if heap is None:
                     tracer = HeapTracer()
-                    with tracer:
-                        error = self._rerun(item)
+                    self.instrumented = True
+                    try:
+                        with tracer:
+                            error = self._rerun(item)
+                    finally:
+                        self.instrumented = False
                     heap = tracer.result
                 if error:
                     results.append(BudgetResult(
