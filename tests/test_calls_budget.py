@@ -166,6 +166,52 @@ def test_runs():
     assert "calls = Python + built-in calls in the test's thread" in out  # the header
 
 
+def test_the_plugins_sql_tracking_is_not_counted(run, pytester, tmp_path) -> None:
+    # The query tracker listens only while the body runs measured: in the only run
+    # (rerun=False) it records, finds call sites and EXPLAINs each new shape, in a separate
+    # counted run it is idle. Its work is perfkit's, not the test's: the same body counts
+    # the same either way, whatever the EXPLAIN setting.
+    source = f"""
+import pytest, sqlalchemy as sa
+
+@pytest.fixture
+def engine():
+    engine = sa.create_engine({f"sqlite:///{tmp_path / 'calls.db'}"!r})
+    with engine.begin() as conn:
+        conn.execute(sa.text("drop table if exists t"))
+        conn.execute(sa.text("create table t (id integer primary key, v integer)"))
+        conn.execute(sa.text("insert into t (v) values (1), (2), (3)"))
+    body(engine)  # compiled and cached: the only run is not the statement's first either
+    yield engine
+    engine.dispose()
+
+def body(engine):
+    with engine.connect() as conn:
+        for i in range(3):
+            conn.execute(sa.text("select * from t where v = :v"), {{"v": i}}).all()
+
+@pytest.mark.perf_budget(calls=10**9, queries=3)
+def test_rerun(engine):
+    body(engine)
+
+@pytest.mark.perf_budget(calls=10**9, queries=3, rerun=False)
+def test_only_run(engine):
+    body(engine)
+"""
+    totals = set()
+    for explain in ("true", "false"):
+        result = run(source, "--perf-budget", "--perf-report=perf.json",
+                     f"--perf-budget-explain={explain}")
+        result.assert_outcomes(passed=2)
+        tests = report(pytester)
+        for name in ("test_rerun", "test_only_run"):
+            assert results(tests[name])["queries"]["measured"] == 3  # tracked all the same
+            calls = tests[name]["calls"]
+            totals.add(calls["total"])
+            assert not [e for e in calls["top"] if "perfkit/" in e["location"]], calls["top"]
+    assert len(totals) == 1, totals
+
+
 def test_perf_fixture_rounds_are_not_counted(run, pytester) -> None:
     # The fixture's rounds run for a time, so how many there are varies: they are left out
     # of the count (and not judged in the counted run, whose profile hook slows them).

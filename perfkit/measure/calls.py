@@ -23,7 +23,9 @@ not (the block's caller, or ``around`` code), when the called function is not ``
 code itself. So ``around`` (pytest, pluggy, the event loop: the machinery that runs the
 code being measured) costs nothing, while what the measured code calls in the same
 libraries is counted. ``exclude`` code (by default perfkit's own measuring code and pytest
-plugin, whose benchmark rounds depend on time) is not counted, nor is anything it calls.
+plugin, whose benchmark rounds depend on time, and perfkit's SQLAlchemy listeners, which do
+more work while a query tracker records than while none does) is not counted, nor is
+anything it calls.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
-from perfkit._paths import PLUGIN_DIR, short_path
+from perfkit._paths import PERFKIT_DIR, PLUGIN_DIR, short_path
 
 __all__ = ["CallCount", "CallCounter", "FunctionCalls"]
 
 MEASURE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: perfkit.sql's listeners (one set for every query tracker and SQL monitor in the process).
+SQL_LISTENERS = os.path.join(PERFKIT_DIR, "sql", "tracker.py")
 _THIS_FILE = os.path.abspath(__file__)
 
 # Where a frame stands; a frame's state follows from its caller's and its own file.
@@ -94,8 +98,9 @@ class CallCounter:
     ``around``: path prefixes of machinery that runs the measured code (calls into it from
     uncounted code are not counted; calls into it from counted code are). ``exclude``: path
     prefixes whose functions, and all they call, are never counted (default: perfkit's
-    measuring code and its pytest plugin). ``top``: how many of the most called functions
-    to keep, Python and C together. ``root``: locations under it are shown relative to it.
+    measuring code, its pytest plugin and its SQLAlchemy listeners). ``top``: how many of
+    the most called functions to keep, Python and C together. ``root``: locations under it
+    are shown relative to it.
 
     Entering while another profile function is set raises ``RuntimeError`` (replacing it
     would break the other profiler; cProfile before Python 3.12 is one). If code in the
@@ -103,8 +108,8 @@ class CallCounter:
     """
 
     def __init__(self, *, around: tuple[str, ...] = (),
-                 exclude: tuple[str, ...] = (MEASURE_DIR, PLUGIN_DIR), top: int = 10,
-                 root: str = "", pause_gc: bool = True) -> None:
+                 exclude: tuple[str, ...] = (MEASURE_DIR, PLUGIN_DIR, SQL_LISTENERS),
+                 top: int = 10, root: str = "", pause_gc: bool = True) -> None:
         if top < 0:
             raise ValueError(f"top: must be >= 0, got {top!r}")
         self.around = tuple(around)
