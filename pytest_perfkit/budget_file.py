@@ -130,7 +130,7 @@ class BudgetFile:
             return defaults
         source = f"budgets file {self.display}"
         budget = defaults.with_values(values, source)
-        conflict = rerun_conflict(budget, source)
+        conflict = rerun_conflict(budget, source, defaults)
         if conflict:
             raise ValueError(f"{self.display} [{json.dumps(nodeid)}]: {conflict}")
         return budget

@@ -196,23 +196,26 @@ class Budget:
         return ", ".join(parts) or "none"
 
 
-def rerun_conflict(budget: Budget, where: str) -> str:
+def rerun_conflict(budget: Budget, where: str, session: Budget) -> str:
     """Why ``budget``, as set at ``where`` (a marker, a budgets file entry), cannot be
     measured: a budget that needs a run of its own (its tracing distorts time) beside a
     timing budget, with ``rerun=False`` forbidding that run; ``""`` when it can.
 
-    A ``calls`` budget from the session defaults is not an error: in such a test it is
-    reported as not applied (the timing budget keeps the only run).
+    A ``calls`` budget from the session defaults (``session``: ini, env, CLI) is not an
+    error: in such a test it is reported as not applied (the timing budget keeps the only
+    run). One set for the test (its marker or its budgets-file entry) is.
     """
     if budget.rerun:
         return ""
     if budget.memory is not None and budget.latency is not None:
         return ("memory= needs a separate traced run (tracing distorts latency), but "
                 "rerun=False forbids it; use rss= for memory, or drop one of the budgets")
-    if budget.calls is not None and budget.sources.get("calls") == where and (
+    source = budget.sources.get("calls")
+    if budget.calls is not None and source != session.sources.get("calls") and (
             budget.latency is not None or budget.cpu is not None):
         return ("calls= needs a separate counted run (its profile hook distorts timing), but "
-                "rerun=False forbids it; drop calls= or the timing budget")
+                "rerun=False forbids it; drop calls= or the timing budget"
+                + ("" if source == where else f" (calls= from {source})"))
     return ""
 
 

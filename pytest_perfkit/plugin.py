@@ -84,7 +84,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(PerfBudgetPlugin(config, settings), "perfkit-budget")
 
 
-def _marker_budget(item: pytest.Item, defaults: Budget) -> Budget | None:
+def _marker_budget(item: pytest.Item, defaults: Budget, session: Budget) -> Budget | None:
+    """The test's marker on top of ``defaults`` (the session's, with the test's budgets-file
+    entry if it has one); ``session``: the session's alone."""
     markers = list(item.iter_markers("perf_budget"))
     if not markers:
         return None
@@ -95,7 +97,7 @@ def _marker_budget(item: pytest.Item, defaults: Budget) -> Budget | None:
             raise ValueError(f"{where}: takes keywords only, got positional {marker.args!r}")
         merged.update(marker.kwargs)
     budget = layer(defaults, [(where, merged)])
-    conflict = rerun_conflict(budget, where)
+    conflict = rerun_conflict(budget, where, session)
     if conflict:
         raise ValueError(f"{where}: {conflict}")
     # A session default (ini/env/CLI) warmup yields to a test's rerun=False, with a note.
@@ -128,7 +130,7 @@ def pytest_collection_modifyitems(
                               "'perf_budget'?")
         try:
             base = entries.layer(item.nodeid, settings.defaults) if entries else settings.defaults
-            budget = _marker_budget(item, base)
+            budget = _marker_budget(item, base, settings.defaults)
             if budget is None and base is not settings.defaults:
                 budget = base
         except ValueError as exc:

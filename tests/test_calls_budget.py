@@ -359,6 +359,32 @@ def test_keyword_is_validated_and_rerun_false_conflicts_are_named(run, pytester)
     assert "calls=1000 (option --perf-budget-calls)" in result.stdout.str()
 
 
+@pytest.mark.parametrize(("entry", "marker"), [
+    ('calls = 100\nlatency = "1s"\n', "rerun=False"),
+    ("calls = 100\nrerun = false\n", 'latency="1s"'),
+    ("calls = 100\n", 'cpu="1s", rerun=False'),
+])
+def test_a_budgets_file_calls_is_the_tests_own_and_conflicts_like_a_markers(
+    run, pytester, entry: str, marker: str
+) -> None:
+    # A budgets-file entry is per test, like the marker (only session defaults yield): its
+    # calls= beside rerun=False and a timing budget cannot be counted, which is a usage
+    # error whichever of the two layers holds which keyword.
+    (pytester.path / "perf-budgets.toml").write_text('["test_inner.py::test_x"]\n' + entry)
+    result = run(f"""
+        import pytest
+
+        @pytest.mark.perf_budget({marker})
+        def test_x():
+            pass
+    """, "--perf-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    err = result.stderr.str()
+    assert "test_inner.py::test_x" in err
+    assert "calls= needs a separate counted run" in err
+    assert "calls= from budgets file perf-budgets.toml" in err
+
+
 def test_recorded_with_headroom_then_enforced(run, pytester, monkeypatch) -> None:
     source = WORKLOAD + """
 def test_orders():
