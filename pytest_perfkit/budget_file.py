@@ -171,8 +171,11 @@ def observed(payload: Mapping[str, Any], owned: frozenset[str] | set[str] = froz
     scale = float(payload.get("scale") or 1.0)
     budgets = payload.get("budgets") or {}
     # A heap or call-count budget with rerun=False traces the only run: its time is the
-    # tracer's too.
-    traced_only = budgets.get("rerun") is False and ("memory" in budgets or "calls" in budgets)
+    # tracer's too; a calls budget not applied (a session default beside a timing budget)
+    # left the only run uncounted, and its time is recorded.
+    calls = payload.get("calls") or {}
+    traced_only = budgets.get("rerun") is False and (
+        "memory" in budgets or calls.get("total") is not None)
     values: dict[str, float] = {}
     latency = payload.get("latency") or {}
     if not traced_only and latency.get("judged") is not None:
@@ -186,7 +189,6 @@ def observed(payload: Mapping[str, Any], owned: frozenset[str] | set[str] = froz
         values["memory"] = float(memory["heap_peak"])
     if memory.get("rss_peak") is not None and memory.get("rss_method") != "unavailable":
         values["rss"] = float(memory["rss_peak"])
-    calls = payload.get("calls") or {}
     if calls.get("total") is not None:
         values["calls"] = float(calls["total"])
     sql = payload.get("sql") or {}

@@ -89,6 +89,8 @@ def test_observed_values_come_from_the_report_payload() -> None:
     assert "calls" not in observed({**counted, "calls": None})
     only_run = {**counted, "budgets": {"calls": 10, "rerun": False}}
     assert "latency" not in observed(only_run) and observed(only_run)["calls"] == 1234.0
+    uncounted = {**only_run, "calls": {"note": "rerun=False and a timing budget"}}
+    assert observed(uncounted)["latency"] == 0.005 and "calls" not in observed(uncounted)
 
 
 def test_propose_records_ratchets_and_keeps_what_it_did_not_observe() -> None:

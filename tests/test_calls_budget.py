@@ -421,6 +421,27 @@ def test_marked():
     assert recorded["test_inner.py::test_orders"]["calls"] == counted
 
 
+def test_recording_keeps_the_time_of_an_only_run_that_was_not_counted(run, pytester) -> None:
+    # The README's way to record counts for every test: a generous session-default calls.
+    # A rerun=False test with a timing budget keeps its only run uncounted (calls is not
+    # applied there), so that run's time is a true one and is recorded.
+    result = run("""
+        import pytest
+
+        @pytest.mark.perf_budget(rerun=False)
+        def test_side_effects():
+            pass
+    """, "--perf-budget", "--perf-report=perf.json", "--perf-budget-record",
+        "--perf-budget-calls=1000000000", ini="perf_budget_latency = 10s")
+    result.assert_outcomes(passed=1)
+    test = report(pytester)["test_side_effects"]
+    assert results(test)["calls"]["verdict"] == "not applied"
+    assert results(test)["latency"]["verdict"] == "ok"
+    recorded = tomllib.loads((pytester.path / "perf-budgets.toml").read_text())
+    assert "latency" in recorded["test_inner.py::test_side_effects"]
+    assert "calls" not in recorded["test_inner.py::test_side_effects"]
+
+
 def test_readme_documents_the_keyword_and_the_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "| `calls` | none |" in readme
