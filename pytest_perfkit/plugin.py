@@ -426,10 +426,11 @@ class PerfBudgetPlugin:
             tracker.allow = budget.allow
             tracker.explain = self.settings.explain and budget.full_scans.action != "off"
         heap_inline = budget.memory is not None and not budget.rerun and not self._memray_active()
-        rss = (RssHighWater(sampler=True if self.settings.rss_sampling else None)
-               if budget.rss is not None else None)
         heap = HeapTracer() if heap_inline else None
         counter = self._inline_counter(budget, heap_inline)
+        # Counting pauses the cyclic collector: the only run's RSS is then not the test's.
+        rss = (RssHighWater(sampler=True if self.settings.rss_sampling else None)
+               if budget.rss is not None and not isinstance(counter, CallCounter) else None)
         traced = ("the only run was traced for memory (rerun=False)" if heap_inline else
                   "the only run was counted for calls (rerun=False)"
                   if isinstance(counter, CallCounter) else "")
@@ -804,6 +805,11 @@ class PerfBudgetPlugin:
                         "memory", heap.peak, budget.memory, "bytes", cause,
                         "Python heap peak (tracemalloc)"
                         + (", traced in the only run" if heap_inline else ", separate run")))
+        if budget.rss is not None and rss is None:
+            results.append(BudgetResult(
+                "rss", budget.rss, None, "bytes", NOT_APPLIED,
+                detail="the only run (rerun=False) was counted for calls, with the cyclic "
+                       "collector paused: the cycles it dropped were never freed"))
         if rss is not None and budget.rss is not None:
             memory["rss_peak"] = rss.peak
             memory["rss_method"] = rss.method

@@ -241,6 +241,41 @@ def test_perf_fixture_rounds_are_not_counted(run, pytester) -> None:
     assert only["calls"]["total"] == 2 and only["benchmarks"] == []
 
 
+def test_rss_is_not_judged_in_an_only_run_counted_with_the_collector_paused(run, pytester) -> None:
+    # Counting pauses the cyclic collector, so in a rerun=False test's only run the cycles
+    # the body drops pile up: its RSS growth (70MB here against 0.3MB uncounted) is the
+    # counter's doing, and an rss= budget beside calls= would fail for it.
+    result = run("""
+        import pytest
+
+        class Node:
+            def __init__(self):
+                self.me = self
+                self.pad = bytearray(200)
+
+        def churn():
+            for _ in range(200_000):
+                Node()
+
+        @pytest.mark.perf_budget(rss="20MB", calls=10**9, rerun=False)
+        def test_counted_only_run():
+            churn()
+
+        @pytest.mark.perf_budget(rss="20MB", calls=10**9)
+        def test_counted_apart():
+            churn()
+    """, "--perf-budget", "--perf-report=perf.json")
+    result.assert_outcomes(passed=2)
+    tests = report(pytester)
+    only = results(tests["test_counted_only_run"])
+    assert only["calls"]["verdict"] == "ok" and only["calls"]["measured"] > 200_000
+    assert only["rss"]["verdict"] == "not applied"
+    assert "cyclic collector paused" in only["rss"]["detail"]
+    apart = results(tests["test_counted_apart"])  # the timed run is not the counted one
+    assert apart["rss"]["verdict"] == "ok" and apart["calls"]["verdict"] == "ok"
+    assert "test_inner.py::test_counted_only_run: rss: " in result.stdout.str()
+
+
 def test_not_applied_beside_another_profiler_or_after_a_failed_rerun(run, pytester) -> None:
     pytester.makeconftest("""
         import sys, pytest
