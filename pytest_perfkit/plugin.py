@@ -57,6 +57,8 @@ RESULT_KEY = pytest.StashKey[dict[str, Any]]()
 BENCH_KEY = pytest.StashKey[list[dict[str, Any]]]()
 SETUP_KEY = pytest.StashKey[dict[str, Any]]()
 LOOP_KEY = pytest.StashKey[Any]()
+#: The perf fixture's budgets left unjudged in a counted only run: ``(name, limit)``.
+UNJUDGED_KEY = pytest.StashKey[list[tuple[str, float]]]()
 
 #: Re-measure when the first run is above this fraction of a timing limit.
 NEAR_FRACTION = 0.8
@@ -178,12 +180,15 @@ class PerfFixture:
 
     def _check(self, fn: Any, result: BenchResult, budget: object) -> BenchResult:
         self.results.append(result)
-        if self._plugin is not None and self._plugin.instrumented:
-            # A run under a tracer (calls counted, heap traced) slows the rounds: they are
-            # neither judged nor reported.
-            return result
         limit = None if budget is None else parse_duration(budget, "budget") * self._scale
         name = getattr(fn, "__qualname__", repr(fn))
+        if self._plugin is not None and self._plugin.instrumented:
+            # A run under a tracer (calls counted, heap traced) slows the rounds: they are
+            # neither judged nor reported. A separate run's were judged in the first run;
+            # the only run's (rerun=False) budget is listed as not applied.
+            if limit is not None and not self._plugin._rerunning:
+                self._item.stash.setdefault(UNJUDGED_KEY, []).append((name, limit))
+            return result
         entry = {"name": name, "min": result.stats.min, "median": result.stats.median,
                  "p95": result.stats.p95, "rounds": result.rounds, "loops": result.loops,
                  "limit": limit, "verdict": None}
@@ -416,6 +421,7 @@ class PerfBudgetPlugin:
                                    "worker": self.worker_id, "workers": self.workers,
                                    "budgets": _budget_dict(budget), "scale": self.scale}
         pyfuncitem.stash[RESULT_KEY] = payload
+        pyfuncitem.stash[UNJUDGED_KEY] = []
         tracker = self.tracker
         if tracker is not None:
             tracker.reset()
@@ -823,6 +829,11 @@ class PerfBudgetPlugin:
         payload["calls"] = None
         if budget.calls is not None:  # sets payload["calls"]
             results.append(self._calls_result(item, budget, counter, payload))
+        for name, limit in item.stash.get(UNJUDGED_KEY, []):
+            results.append(BudgetResult(
+                "perf", limit, None, "s", NOT_APPLIED,
+                detail=f"perf({name}): the only run (rerun=False) was counted for calls, "
+                       "whose profile hook slows the rounds"))
         watch = item.stash.get(LOOP_KEY, None)
         if budget.loop_block is not None and watch is not None:
             loop, payload["loop"] = self._loop.loop_result(budget.loop_block, watch)

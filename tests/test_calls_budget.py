@@ -276,6 +276,31 @@ def test_rss_is_not_judged_in_an_only_run_counted_with_the_collector_paused(run,
     assert "test_inner.py::test_counted_only_run: rss: " in result.stdout.str()
 
 
+def test_a_perf_budget_unjudged_in_a_counted_only_run_is_listed_as_not_applied(
+    run, pytester
+) -> None:
+    # The counted only run slows the perf fixture's rounds, so their budget is not judged
+    # there; the summary and the report say so rather than leave it out silently.
+    result = run("""
+        import pytest
+
+        def leaf(x):
+            return x + 1
+
+        @pytest.mark.perf_budget(calls=1000, rerun=False)
+        def test_bench_only_run(perf):
+            perf(leaf, 1, budget="1ns", min_rounds=2, max_time=0.001)
+            perf(leaf, 2, min_rounds=2, max_time=0.001)  # no budget: nothing to apply
+    """, "--perf-budget", "--perf-report=perf.json")
+    result.assert_outcomes(passed=1)
+    test = report(pytester)["test_bench_only_run"]
+    unjudged = [r for r in test["results"] if r["budget"] == "perf"]
+    assert len(unjudged) == 1 and unjudged[0]["verdict"] == "not applied"
+    assert unjudged[0]["limit"] == 1e-9
+    assert "perf(leaf)" in unjudged[0]["detail"] and "counted for calls" in unjudged[0]["detail"]
+    assert "test_inner.py::test_bench_only_run: perf: perf(leaf)" in result.stdout.str()
+
+
 def test_not_applied_beside_another_profiler_or_after_a_failed_rerun(run, pytester) -> None:
     pytester.makeconftest("""
         import sys, pytest
