@@ -676,11 +676,14 @@ class PerfBudgetPlugin:
             targets["baseline"] = base * (1 + self.settings.baseline_margin) \
                 + self.settings.baseline_margin_abs
         heap_inline = heap is not None
-        if heap_inline and targets:
-            notes.append("timing not judged: the only run was traced for memory (rerun=False)")
-            targets.clear()
-        elif isinstance(counter, CallCounter) and targets:
-            notes.append("timing not judged: the only run was counted for calls (rerun=False)")
+        traced = ("the only run was traced for memory (rerun=False)" if heap_inline else
+                  "the only run was counted for calls (rerun=False)"
+                  if isinstance(counter, CallCounter) else "")
+        if traced and targets:
+            notes.append(f"timing not judged: {traced}")
+            for name, limit in targets.items():
+                results.append(BudgetResult(name, limit, None, "s", NOT_APPLIED,
+                                            detail=f"{traced}, which slows it"))
             targets.clear()
         # In reference-machine time a run's factor is the smaller of the mixed reference's
         # and an arithmetic-only one's: the mixed one alone once read 2.1x beside a loop

@@ -82,7 +82,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         lines.extend(f"  {nodeid}: {why}" for nodeid, why in not_applied)
 
     timed = [(r, t["nodeid"]) for t in measured for r in t.get("results", [])
-             if r["unit"] == "s" and r["budget"] in ("latency", "cpu", "baseline")]
+             if r["unit"] == "s" and r["budget"] in ("latency", "cpu", "baseline")
+             and r["measured"] is not None]  # not applied: nothing to rank
     timed.sort(key=lambda pair: -_ratio(pair[0]))
     if timed:
         lines.append("slowest against their budgets:")

@@ -301,6 +301,40 @@ def test_a_perf_budget_unjudged_in_a_counted_only_run_is_listed_as_not_applied(
     assert "test_inner.py::test_bench_only_run: perf: perf(leaf)" in result.stdout.str()
 
 
+def test_timing_left_unjudged_in_a_traced_only_run_is_listed_as_not_applied(
+    run, pytester
+) -> None:
+    # An only run counted for calls (or traced for memory) is slowed by its hook: the time
+    # budgets that reach it anyway (a baseline entry; cpu= beside memory=) are not judged,
+    # and are listed as not applied rather than dropped.
+    (pytester.path / "base.json").write_text(json.dumps({"tests": [
+        {"nodeid": "test_inner.py::test_counted", "latency": {"judged": 1.0}}]}))
+    result = run("""
+        import pytest
+
+        @pytest.mark.perf_budget(calls=1000, rerun=False)
+        def test_counted():
+            pass
+
+        @pytest.mark.perf_budget(memory="10MB", cpu="1s", rerun=False)
+        def test_traced():
+            pass
+    """, "--perf-budget", "--perf-report=perf.json", "--perf-budget-baseline=base.json")
+    result.assert_outcomes(passed=2)
+    tests = report(pytester)
+    counted, traced = results(tests["test_counted"]), results(tests["test_traced"])
+    assert counted["calls"]["verdict"] == "ok"
+    assert counted["baseline"]["verdict"] == "not applied"
+    assert "counted for calls" in counted["baseline"]["detail"]
+    assert traced["memory"]["verdict"] == "ok"
+    assert traced["cpu"]["verdict"] == "not applied" and traced["cpu"]["limit"] == 1.0
+    assert "traced for memory" in traced["cpu"]["detail"]
+    not_applied = result.stdout.str().split("budgets not applied:")[1]
+    assert "test_inner.py::test_counted: baseline: " in not_applied
+    assert "test_inner.py::test_traced: cpu: " in not_applied
+    assert "slowest against their budgets" not in result.stdout.str()  # nothing measured
+
+
 def test_not_applied_beside_another_profiler_or_after_a_failed_rerun(run, pytester) -> None:
     pytester.makeconftest("""
         import sys, pytest
