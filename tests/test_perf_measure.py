@@ -158,6 +158,30 @@ def test_call_timer_removes_cpu_waits_only_from_runs_that_never_blocked() -> Non
     assert not timer.timing.cpu_wait_known and timer.timing.own == timer.timing.wall
 
 
+def test_a_cpu_wait_inside_a_gc_pause_is_taken_out_once() -> None:
+    # The pause is already out of the wall time; its run-queue wait used to be subtracted
+    # again as cpu_wait, so a run slowed by both looked faster than it ran.
+    waits, switches = _Clock(), _Clock()
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    timer = CallTimer(collect=False, wait_clock=waits, switches=switches)
+    with timer:
+        spin(0.01)
+        timer._on_gc("start", {"generation": 2})
+        spin(0.02)
+        waits.value += 0.015  # waited for a CPU during the collection
+        timer._on_gc("stop", {"generation": 2})
+        spin(0.01)
+        waits.value += 0.004  # and outside it
+    timing = timer.timing
+    assert timing.gc_pause >= 0.02
+    assert timing.cpu_wait == pytest.approx(0.004)
+
+
 def test_normalise_scales_only_the_cpu_part() -> None:
     assert normalise(own=0.030, cpu=0.030, factor=1.5) == pytest.approx(0.020)
     # 20 ms asleep stays 20 ms: only CPU work runs faster or slower with the machine.

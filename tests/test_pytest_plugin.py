@@ -1063,6 +1063,30 @@ def test_the_heap_pass_neither_judges_nor_reports_the_perf_fixture(run, pytester
     assert memory["verdict"] == "ok" and memory["measured"] is not None
 
 
+def test_the_profile_run_does_not_judge_the_perf_fixture(run, pytester) -> None:
+    # cProfile slows the rounds (stood in for by a sleep while profiling): judged, they
+    # failed the profile run, which then had no functions to show.
+    result = run("""
+        import sys, time, pytest
+
+        def work():
+            if sys.getprofile() is not None:
+                time.sleep(0.01)
+
+        @pytest.mark.perf_budget(latency="1ms")
+        def test_slow(perf):
+            perf(work, budget="5ms", max_time=0.02)
+            time.sleep(0.02)
+    """, "--perf-budget", "--perf-report=perf.json")
+    result.assert_outcomes(failed=1)
+    test = by_test(report_json(pytester))["test_slow"]
+    assert test["profile"]["error"] in ("", None)
+    assert "time.sleep" in json.dumps(test["profile"]["by_own"])
+    # one entry per timed run (first and confirm runs), none from the profiled run
+    assert len(test["benchmarks"]) == test["latency"]["runs"]
+    assert all(entry["verdict"] == "ok" for entry in test["benchmarks"])
+
+
 def test_perf_fixture_rounds_are_not_the_tests_sql(run, pytester, tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'app.db'}"
     result = run(SQL_MODELS.format(suffix="p", url=url) + """

@@ -113,16 +113,25 @@ class CallTimer:
     _gc_started: float = 0.0
     _gc_cpu_started: float = 0.0
     _gc_cpu: float = 0.0
+    _gc_wait_started: float = 0.0
+    _gc_wait: float = 0.0  # run-queue wait inside GC pauses
     _wall0: float = 0.0
     _cpu0: float = 0.0
     _wait0: float = 0.0
     _switches0: int = 0
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        # The wait counter is read inside the pause (its cost is taken out with it): a
+        # run-queue wait during a collection is already out of ``wall`` with the pause,
+        # and taking it out again as ``cpu_wait`` made a slowed run look faster.
         if phase == "start":
             self._gc_started = time.perf_counter()
             self._gc_cpu_started = time.process_time()
+            if self.wait_clock is not None:
+                self._gc_wait_started = self.wait_clock()
         elif self._gc_started:
+            if self.wait_clock is not None:
+                self._gc_wait += self.wait_clock() - self._gc_wait_started
             self.timing.gc_pause += time.perf_counter() - self._gc_started
             self._gc_cpu += time.process_time() - self._gc_cpu_started
             self._gc_started = 0.0
@@ -135,6 +144,7 @@ class CallTimer:
             gc.collect()
         self.timing = Timing()
         self._gc_cpu = 0.0
+        self._gc_wait = 0.0
         gc.callbacks.append(self._on_gc)
         if self.wait_clock is not None:
             self._wait0 = self.wait_clock()
@@ -154,9 +164,9 @@ class CallTimer:
         wall = time.perf_counter() - self._wall0
         cpu = time.process_time() - self._cpu0
         if self.wait_clock is not None:
-            waited = self.wait_clock() - self._wait0
-            # A GC pause or our own excluded time may itself have waited for a CPU; never
-            # let the two subtractions together exceed the window.
+            waited = self.wait_clock() - self._wait0 - self._gc_wait
+            # Our own excluded time may itself have waited for a CPU; never let the two
+            # subtractions together exceed the window.
             self.timing.cpu_wait = min(max(0.0, waited), wall)
             self.timing.cpu_wait_known = True
         # Unknown switches count as blocked: the wait counter is then never subtracted.
