@@ -267,6 +267,31 @@ def test_in_reference_machine_time_only_slowness_both_references_see_is_excused(
     assert alone.factors() == pytest.approx([2.1]) and alone.alu_factors() == []
 
 
+def test_the_statistic_at_the_sessions_typical_speed() -> None:
+    # The session typically runs the reference in 1.6 ms (factor 1.0 against a 1.6 ms
+    # reference machine); the run's own moment read 1.4x slower. Divided by its moment
+    # the run looks 1.4x faster; at the typical speed it is as measured. The plugin asks
+    # for confirm runs when either is near the budget.
+    runs = TimedRuns(lambda t: t.own, _Speed(0.0016, [0.00224]), reference=0.0016)
+    runs.add(_cpu_timing(0.028))
+    runs.check_speed()
+    assert runs.typical_factor() == pytest.approx(1.0)
+    assert runs.statistic("latency") == pytest.approx(0.020)
+    assert runs.statistic_at_typical("latency") == pytest.approx(0.028)
+    assert runs.statistic_at_typical("cpu") == pytest.approx(0.028)
+    # A session that typically runs 2x slower than the reference machine: divided by 2.
+    slow = TimedRuns(lambda t: t.own, _Speed(0.0032, [0.0032]), reference=0.0016)
+    slow.add(_cpu_timing(0.028))
+    assert slow.statistic_at_typical("latency") == pytest.approx(0.014)
+    # Seconds mode (no reference machine) and no speed check: the times as measured.
+    seconds = TimedRuns(lambda t: t.own, _Speed(0.0032, [0.0048]))
+    seconds.add(_cpu_timing(0.028))
+    seconds.check_speed()
+    assert seconds.typical_factor() == 1.0
+    assert seconds.statistic_at_typical("latency") == pytest.approx(0.028)
+    assert seconds.statistic("latency") < 0.028
+
+
 def test_a_run_after_a_pause_is_judged_beside_its_own_samples_only() -> None:
     # Two back-to-back runs at a moment the reference read 2x; then a pause and a run at a
     # moment it read 1x. The spaced run is divided by the samples right before and right

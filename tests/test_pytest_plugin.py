@@ -1236,6 +1236,55 @@ def test_a_slow_machine_is_within_noise_but_slow_code_still_fails(run, pytester)
     assert "latency = wall time less CPU waits" in result.stdout.str()
 
 
+def test_a_slow_moment_does_not_excuse_a_run_from_confirm_runs(run, pytester) -> None:
+    # In reference-machine time, both references read 8x slow beside the runs (as a slow
+    # moment would). Divided by that moment the first run looks far under its budget and
+    # once passed on that one run; at the session's typical speed it is 2x over (budget
+    # set from this machine's factor at import, so the test holds on any machine): confirm
+    # runs are taken. A run far under at either speed still costs one run.
+    result = run("""
+import importlib, time, pytest
+
+calibration = importlib.import_module("perfkit.measure.calibrate")
+REAL, REAL_ALU = calibration.reference_workload, calibration.alu_workload
+FACTOR = calibration.calibrate(runs=5).factor  # this machine against the reference machine
+
+def slow_reference():
+    for _ in range(8):
+        REAL()
+
+def slow_alu():
+    for _ in range(8):
+        REAL_ALU()
+
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+@pytest.fixture
+def slow_moment(monkeypatch):
+    monkeypatch.setattr(calibration, "reference_workload", slow_reference)
+    monkeypatch.setattr(calibration, "alu_workload", slow_alu)
+
+BUDGET = f"{0.5 * 0.025 / FACTOR * 1000:.2f}ms"
+
+@pytest.mark.perf_budget(latency=BUDGET)
+def test_near_as_measured(slow_moment):
+    spin(0.025)
+
+@pytest.mark.perf_budget(latency=BUDGET)
+def test_far_as_measured(slow_moment):
+    spin(0.002)
+""", "--perf-budget", "--perf-budget-calibrate=true", "--perf-report=perf.json")
+    tests = by_test(report_json(pytester))
+    near = tests["test_near_as_measured"]["latency"]
+    assert near["factors"][0] > 3  # the moment read slow...
+    assert near["runs"] >= 2  # ...and still the run was confirmed
+    assert tests["test_far_as_measured"]["latency"]["runs"] == 1  # no cost where far
+    result.assert_outcomes(passed=2)  # every run divided by its (slow) moment: under budget
+
+
 # A conftest preamble: the mixed reference workload made 4x slower (``slow_reference``).
 SLOW_REFERENCE = """
 import importlib, pytest

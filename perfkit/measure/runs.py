@@ -188,6 +188,21 @@ class TimedRuns:
     def statistic(self, kind: str) -> float:
         return statistics.median(self.samples(kind))
 
+    def typical_factor(self) -> float:
+        """The session's typical machine factor (1.0 without reference-machine time)."""
+        if self._speed is None or self._reference is None:
+            return 1.0
+        return self._speed.typical() / self._reference
+
+    def statistic_at_typical(self, kind: str) -> float:
+        """The statistic with every run divided by the session's typical factor instead of
+        the factor of its own moment: what the runs say if that moment was not unusual."""
+        factor = self.typical_factor()
+        if kind == "cpu":
+            return statistics.median(t.cpu / factor for t in self.timings)
+        return statistics.median(normalise(self._latency(t), t.cpu, factor)
+                                 for t in self.timings)
+
     def raw_min(self, kind: str) -> float:
         """The best run before the machine factor was divided out."""
         return min(self.raw_samples(kind))
