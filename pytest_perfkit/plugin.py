@@ -41,7 +41,7 @@ from perfkit.measure.units import format_duration, format_size, parse_duration
 from pytest_perfkit import budget_file
 from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer, rerun_conflict
 from pytest_perfkit.report import NO_STATEMENTS, summary_lines, write_reports
-from pytest_perfkit.settings import Settings, add_options, load_settings
+from pytest_perfkit.settings import SETTINGS, Settings, add_options, cli_name, load_settings
 from pytest_perfkit.verdicts import (
     MAX_NOISE_BAND,
     NOT_APPLIED,
@@ -84,6 +84,21 @@ def pytest_configure(config: pytest.Config) -> None:
     budget_file.configure(config, settings)  # only with --perf-budget is the file read
     if config.option.perf_budget:
         config.pluginmanager.register(PerfBudgetPlugin(config, settings), "perfkit-budget")
+    else:
+        _warn_unused_options(config)
+
+
+def _warn_unused_options(config: pytest.Config) -> None:
+    """Say so when report or budget options are given without ``--perf-budget``: a CI job
+    that forgot the flag would otherwise get no report and believe its budgets held. A
+    warning, not an error, so ``addopts`` may carry them for the runs that add the flag."""
+    given = ["--perf-report"] if config.option.perf_report else []
+    given += [cli_name(name) for name in (*BUDGET_KEYWORDS, *SETTINGS)
+              if getattr(config.option, "perf_budget_" + name, None) is not None]
+    if given:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"perfkit: {', '.join(given)} given without --perf-budget: nothing is measured, "
+            "enforced or reported"), stacklevel=2)
 
 
 def _marker_budget(item: pytest.Item, defaults: Budget, session: Budget) -> Budget | None:

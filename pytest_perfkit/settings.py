@@ -8,6 +8,7 @@ apply to the whole session.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from perfkit.measure.stats import Margins
 from perfkit.measure.units import parse_duration
 from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, _count, _flag, layer
 
-__all__ = ["SETTINGS", "Settings", "add_options", "load_settings"]
+__all__ = ["SETTINGS", "Settings", "add_options", "cli_name", "load_settings"]
 
 
 def _fraction(value: object, name: str) -> float:
@@ -159,7 +160,7 @@ class Settings:
         return Margins(self.values["margin"], self.values["margin_abs"])
 
 
-def _cli_name(name: str) -> str:
+def cli_name(name: str) -> str:
     return "--perf-budget-" + name.replace("_", "-")
 
 
@@ -180,14 +181,14 @@ def add_options(parser: pytest.Parser) -> None:
              "HTML page (JSON next to it)",
     )
     for keyword in BUDGET_KEYWORDS.values():
-        group.addoption(_cli_name(keyword.name), action="store", default=None,
+        group.addoption(cli_name(keyword.name), action="store", default=None,
                         dest=_dest(keyword.name),
                         help=f"default budget: {keyword.help}".replace("%", "%%"))
         parser.addini(_dest(keyword.name), f"perfkit default budget: {keyword.help}",
                       default=None)
     for setting in SETTINGS.values():
         if setting.name != "report":
-            group.addoption(_cli_name(setting.name), action="store", default=None,
+            group.addoption(cli_name(setting.name), action="store", default=None,
                             dest=_dest(setting.name),  # argparse %-formats help texts
                             help=setting.help.replace("%", "%%"))
         parser.addini(_dest(setting.name), f"perfkit: {setting.help}", default=None)
@@ -205,12 +206,27 @@ def _layers(config: pytest.Config, name: str) -> list[tuple[str, object]]:
     if name == "report" and config.option.perf_report:
         cli = config.option.perf_report
     if cli is not None:
-        found.append((f"option {_cli_name(name) if name != 'report' else '--perf-report'}", cli))
+        found.append((f"option {cli_name(name) if name != 'report' else '--perf-report'}", cli))
     return found
+
+
+def _unknown_env() -> str:
+    """A ``PERF_BUDGET_*`` variable that names no keyword or setting (a typo would otherwise
+    leave a budget unset without a word), with the closest known name, or ``""``."""
+    known = {"PERF_BUDGET_" + name.upper() for name in (*BUDGET_KEYWORDS, *SETTINGS)}
+    for env_name in sorted(os.environ):
+        if env_name.startswith("PERF_BUDGET_") and env_name not in known:
+            close = difflib.get_close_matches(env_name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"env {env_name}: not a perfkit budget or setting{hint}"
+    return ""
 
 
 def load_settings(config: pytest.Config) -> Settings:
     """Read every option; a bad value raises ``pytest.UsageError`` naming its source."""
+    unknown = _unknown_env()
+    if unknown:
+        raise pytest.UsageError(f"perfkit: {unknown}")
     try:
         budget_layers = []
         for name in BUDGET_KEYWORDS:

@@ -66,6 +66,15 @@ def test_parse_size_errors() -> None:
         parse_size("3MiBs", "memory")
     with pytest.raises(ValueError, match="memory: must be a finite number >= 0"):
         parse_size(-5, "memory")
+    for huge in ("1e999MB", "1e999", "1e308GB"):  # overflowed to infinity (int() raised)
+        with pytest.raises(ValueError, match="memory: must be a finite number >= 0"):
+            parse_size(huge, "memory")
+
+
+def test_parse_duration_refuses_an_overflow_to_infinity() -> None:
+    for huge in ("1e999", "1e999ms", "1e308min"):
+        with pytest.raises(ValueError, match="latency: must be a finite number >= 0"):
+            parse_duration(huge, "latency")
 
 
 def test_formatting() -> None:

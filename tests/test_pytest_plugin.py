@@ -167,6 +167,25 @@ def test_bad_ini_and_env_values_name_their_source(run, monkeypatch) -> None:
     result = run("def test_x(): pass", "--perf-budget")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "env PERF_BUDGET_MARGIN: margin: must be a finite number" in result.stderr.str()
+    monkeypatch.delenv("PERF_BUDGET_MARGIN")
+    monkeypatch.setenv("PERF_BUDGET_LATNCY", "5ms")  # a typo must not leave the budget unset
+    result = run("def test_x(): pass", "--perf-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("env PERF_BUDGET_LATNCY: not a perfkit budget or setting (did you mean "
+            "PERF_BUDGET_LATENCY?)") in result.stderr.str()
+    monkeypatch.delenv("PERF_BUDGET_LATNCY")
+    result = run("import pytest\n@pytest.mark.perf_budget(memory='1e999MB')\n"
+                 "def test_x(): pass", "--perf-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # was an INTERNALERROR (int(inf))
+    assert "memory: must be a finite number" in result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_options_without_the_flag_are_a_warning_not_silence(run) -> None:
+    result = run("def test_x(): pass", "--perf-report=r.json", "--perf-budget-latency=1us")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*perfkit: --perf-report, --perf-budget-latency given without "
+                                 "--perf-budget: nothing is measured, enforced or reported*"])
 
 
 def test_precedence_ini_env_cli_marker(run, pytester, monkeypatch) -> None:

@@ -40,6 +40,13 @@ def _number(value: object, name: str) -> float | None:
     return None
 
 
+def _finite(number: float, value: object, name: str) -> float:
+    """``number`` read from ``value``; a string such as ``"1e999"`` overflows to infinity."""
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def parse_duration(value: object, name: str = "duration") -> float:
     """Seconds from ``0.05``, ``"50ms"``, ``"50 ms"``, ``"200us"``, ``"1.5s"``, ``"2min"``.
 
@@ -61,7 +68,7 @@ def parse_duration(value: object, name: str = "duration") -> float:
             f"{name}: unknown duration unit {match.group(2)!r} in {value!r} "
             "(accepted: ns, us, ms, s, min)"
         )
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    return _finite(float(match.group(1)) * _DURATION_UNITS[unit], value, name)
 
 
 def parse_size(value: object, name: str = "size") -> int:
@@ -83,7 +90,7 @@ def parse_size(value: object, name: str = "size") -> int:
             f"{name}: unknown size unit {match.group(2)!r} in {value!r} "
             "(accepted: B, KB, MB, GB, KiB, MiB, GiB)"
         )
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return int(_finite(float(match.group(1)) * _SIZE_UNITS[unit], value, name))
 
 
 def format_duration(seconds: float) -> str:
