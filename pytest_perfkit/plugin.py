@@ -259,6 +259,13 @@ def sql_queries(request: pytest.FixtureRequest) -> Iterator[Any]:
         tracker.stop()
 
 
+def _time_units(settings: dict[str, Any]) -> str:
+    """What a report's judged times are in: reference-machine time or seconds here."""
+    if settings.get("calibrate") and settings.get("speed_check", True):
+        return "reference-machine time"
+    return "seconds on the machine"
+
+
 class PerfBudgetPlugin:
     """Per-test measurement and enforcement; registered only with ``--perf-budget``."""
 
@@ -297,6 +304,12 @@ class PerfBudgetPlugin:
         try:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
+            saved = data.get("settings") or {}
+            if saved and _time_units(saved) != _time_units(self.settings.values):
+                raise pytest.UsageError(
+                    f"perfkit: baseline {path!r} was measured in {_time_units(saved)}, this "
+                    f"run judges in {_time_units(self.settings.values)} (calibrate/speed_check "
+                    "differ): record a new baseline with the same settings")
             return {t["nodeid"]: t["latency"].get("judged", t["latency"].get("min"))
                     for t in data.get("tests", []) if t.get("latency")
                     and t["latency"].get("judged", t["latency"].get("min")) is not None}

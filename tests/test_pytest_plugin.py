@@ -357,6 +357,28 @@ def test_baseline_slowdown_fails_as_that_test(run, pytester) -> None:
     assert "baseline:" in result.stdout.str() and "over budget" in result.stdout.str()
 
 
+def test_an_unchanged_test_passes_its_baseline_and_units_must_match(run, pytester) -> None:
+    source = """
+        import time
+
+        def test_steady():
+            time.sleep(0.03)  # waiting: the same on any machine speed
+    """
+    run(source, "--perf-budget", "--perf-report=base.json").assert_outcomes(passed=1)
+    result = run(source, "--perf-budget", "--perf-budget-baseline=base.json",
+                 "--perf-report=again.json")
+    result.assert_outcomes(passed=1)
+    test = report_json(pytester, "again.json")["tests"][0]
+    baseline = {r["budget"]: r for r in test["results"]}["baseline"]
+    assert baseline["verdict"] == "ok" and baseline["measured"] is not None
+    # A baseline in reference-machine time is not compared with seconds (or the reverse).
+    result = run(source, "--perf-budget", "--perf-budget-baseline=base.json",
+                 "--perf-budget-calibrate=true")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "was measured in seconds on the machine, this run judges in reference-machine " \
+        "time" in result.stderr.str()
+
+
 def test_a_failed_latency_budget_is_profiled_once_more_for_its_cause(run, pytester) -> None:
     result = run("""
         import time, pytest
