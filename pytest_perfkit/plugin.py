@@ -907,11 +907,17 @@ class PerfBudgetPlugin:
                     payload["status"] = "xfailed" if hasattr(report, "wasxfail") \
                         else report.outcome
                 report.perfkit = payload  # type: ignore[attr-defined]
-        elif report.skipped and call.when == "setup" and BUDGET_KEY in item.stash:
-            report.perfkit = {  # type: ignore[attr-defined]
-                "nodeid": item.nodeid, "status": "skipped", "worker": self.worker_id,
-                "workers": self.workers, "budgets": _budget_dict(item.stash[BUDGET_KEY]),
-                "scale": self.scale}
+        elif call.when == "setup" and not report.passed:
+            # Skipped or errored before the call: its budgets were never applied; say so
+            # (session defaults included, for tests without a marker of their own).
+            budget = item.stash.get(BUDGET_KEY, None) or self.settings.defaults
+            if budget.limits:
+                status = "xfailed" if hasattr(report, "wasxfail") else \
+                    "skipped" if report.skipped else "error in setup"
+                report.perfkit = {  # type: ignore[attr-defined]
+                    "nodeid": item.nodeid, "status": status, "worker": self.worker_id,
+                    "workers": self.workers, "budgets": _budget_dict(budget),
+                    "scale": self.scale}
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

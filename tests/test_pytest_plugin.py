@@ -1170,6 +1170,32 @@ def test_skipped_budget_is_reported_as_not_applied(run) -> None:
     assert "test_inner.py::test_xfails: xfailed" in out
 
 
+def test_budgets_of_tests_that_never_ran_are_listed_defaults_included(run) -> None:
+    result = run("""
+        import pytest
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("no database")
+
+        @pytest.mark.perf_budget(queries=3)
+        def test_fixture_errors(broken):
+            pass
+
+        @pytest.mark.skip(reason="not today")
+        def test_default_budget_only():
+            pass
+
+        def test_runs():
+            pass
+    """, "--perf-budget", "--perf-budget-latency=2s")
+    result.assert_outcomes(passed=1, skipped=1, errors=1)
+    out = result.stdout.str()
+    assert "budgets not applied:" in out
+    assert "test_inner.py::test_fixture_errors: error in setup" in out
+    assert "test_inner.py::test_default_budget_only: skipped" in out
+
+
 def test_html_report_is_self_contained(run, pytester) -> None:
     result = run("""
         import pytest
