@@ -886,8 +886,10 @@ class PerfBudgetPlugin:
         payload["failed"] = broken
         if broken:
             factor = payload["latency"]["factor"] if reference_units and targets else None
-            pytest.fail(failure_message(item.nodeid, results, findings_enforced, scale, factor),
-                        pytrace=False)
+            session_factor = self.calibration.factor if reference_units and not targets \
+                and self.calibration is not None else None
+            pytest.fail(failure_message(item.nodeid, results, findings_enforced, scale, factor,
+                                        session_factor), pytrace=False)
 
     def _downgrade(self, result: BudgetResult) -> None:
         """Under xdist with ``xdist = "warn"``: a broken time budget is reported, not enforced."""

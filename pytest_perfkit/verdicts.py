@@ -116,15 +116,20 @@ def count_result(name: str, measured: float, limit: float, unit: str,
 
 
 def failure_message(nodeid: str, results: list[BudgetResult], findings: list[str],
-                    scale: float, factor: float | None = None) -> str:
+                    scale: float, factor: float | None = None,
+                    session_factor: float | None = None) -> str:
     """``scale``: the factor budgets were multiplied by; ``factor``: with budgets in
-    reference-machine time (scale 1), the median machine factor the runs were divided by."""
+    reference-machine time (scale 1), the median machine factor the runs were divided by;
+    ``session_factor``: in that mode, for a failure without timed runs, the factor measured
+    at session start (every failure names one)."""
     broken = [r for r in results if r.broken]
     count = len(broken) + len(findings)
     lines = [f"perf budget: {nodeid} broke {count} budget{'s' if count != 1 else ''}"
              + (f" (machine scale factor x{scale:.2f})" if scale != 1.0 else "")
              + (f" (reference-machine time: runs divided by machine factor x{factor:.2f})"
-                if factor is not None else "")]
+                if factor is not None else "")
+             + (f" (machine factor x{session_factor:.2f} at session start; time budgets are "
+                "in reference-machine time)" if session_factor is not None else "")]
     for result in broken:
         lines.append("  " + result.line())
         lines.extend("      " + cause for cause in result.cause)

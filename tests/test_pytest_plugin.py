@@ -1365,6 +1365,24 @@ def slow_reference():
 """
 
 
+def test_a_calibrated_failure_without_timed_runs_names_the_machine_factor(run) -> None:
+    result = run("""
+        import pytest, sqlalchemy as sa
+
+        @pytest.mark.perf_budget(queries=1)
+        def test_two_queries():
+            engine = sa.create_engine("sqlite://")
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+                conn.execute(sa.text("select 2"))
+    """, "--perf-budget", "--perf-budget-calibrate=true")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "queries: 2 > budget 1 [over budget]" in out
+    assert re.search(r"broke 1 budget \(machine factor x\d+\.\d\d at session start; time "
+                     r"budgets are in reference-machine time\)", out)
+
+
 def test_calibrated_budgets_judge_each_run_on_the_reference_machine(run, pytester) -> None:
     # The reference workload is 4x slower while the session calibrates (a slow moment of
     # a shared VM), then back to normal for the tests. Budgets scaled once by the start
