@@ -9,6 +9,7 @@ and no SQLAlchemy listener is installed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -41,7 +42,14 @@ from perfkit.measure.units import format_duration, format_size, parse_duration
 from pytest_perfkit import budget_file
 from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, layer, rerun_conflict
 from pytest_perfkit.report import NO_STATEMENTS, summary_lines, write_reports
-from pytest_perfkit.settings import SETTINGS, Settings, add_options, cli_name, load_settings
+from pytest_perfkit.settings import (
+    SETTINGS,
+    Settings,
+    add_options,
+    cli_name,
+    load_settings,
+    option_dest,
+)
 from pytest_perfkit.verdicts import (
     MAX_NOISE_BAND,
     NOT_APPLIED,
@@ -94,7 +102,7 @@ def _warn_unused_options(config: pytest.Config) -> None:
     warning, not an error, so ``addopts`` may carry them for the runs that add the flag."""
     given = ["--perf-report"] if config.option.perf_report else []
     given += [cli_name(name) for name in (*BUDGET_KEYWORDS, *SETTINGS)
-              if getattr(config.option, "perf_budget_" + name, None) is not None]
+              if getattr(config.option, option_dest(name), None) is not None]
     if given:
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             f"perfkit: {', '.join(given)} given without --perf-budget: nothing is measured, "
@@ -426,6 +434,16 @@ class PerfBudgetPlugin:
         finally:
             self._rerunning = False
 
+    @contextlib.contextmanager
+    def _instrumented(self) -> Iterator[None]:
+        """A run under a tracer (heap, call counter, cProfile): the perf fixture's rounds,
+        slowed by it, are neither judged nor reported meanwhile."""
+        self.instrumented = True
+        try:
+            yield
+        finally:
+            self.instrumented = False
+
     def _rerun(self, item: pytest.Function) -> str:
         """Run the test body again; returns an error text or ``""``."""
         try:
@@ -465,9 +483,7 @@ class PerfBudgetPlugin:
         # Counting pauses the cyclic collector: the only run's RSS is then not the test's.
         rss = (RssHighWater(sampler=True if self.settings.rss_sampling else None)
                if budget.rss is not None and not isinstance(counter, CallCounter) else None)
-        traced = ("the only run was traced for memory (rerun=False)" if heap_inline else
-                  "the only run was counted for calls (rerun=False)"
-                  if isinstance(counter, CallCounter) else "")
+        traced = _only_run_traced(heap_inline, counter)
         # The event-loop watch (async tests with loop_block only) finds the loop the test
         # runs on by itself; its watchdog thread starts here, outside the timed window.
         watch = pyfuncitem.stash[LOOP_KEY] = self._loop.start_watch(pyfuncitem, budget, traced)
@@ -572,12 +588,8 @@ class PerfBudgetPlugin:
             if blocked:
                 return not_applied(blocked)
             inline = self._counter()
-            self.instrumented = True
-            try:
-                with inline:
-                    error = self._rerun(item)
-            finally:
-                self.instrumented = False
+            with self._instrumented(), inline:
+                error = self._rerun(item)
             if error:
                 return not_applied(f"the counted re-run failed ({error}); mark the test "
                                    "rerun=False to count the first run")
@@ -606,12 +618,9 @@ class PerfBudgetPlugin:
         from perfkit.measure.profile import profile_call
 
         errors: list[str] = []
-        self.instrumented = True  # a perf fixture's rounds under cProfile: not judged
-        try:
+        with self._instrumented():  # a perf fixture's rounds under cProfile: not judged
             profile = profile_call(lambda: errors.append(self._rerun(item)),
                                    root=str(self.config.rootpath), exclude=self._plugin_files())
-        finally:
-            self.instrumented = False
         if errors and errors[0] and not profile.error:
             profile.error = errors[0]
         payload["profile"] = profile.as_dict()
@@ -705,9 +714,7 @@ class PerfBudgetPlugin:
             targets["baseline"] = base * (1 + self.settings.baseline_margin) \
                 + self.settings.baseline_margin_abs
         heap_inline = heap is not None
-        traced = ("the only run was traced for memory (rerun=False)" if heap_inline else
-                  "the only run was counted for calls (rerun=False)"
-                  if isinstance(counter, CallCounter) else "")
+        traced = _only_run_traced(heap_inline, counter)
         if traced and targets:
             notes.append(f"timing not judged: {traced}")
             for name, limit in targets.items():
@@ -826,12 +833,8 @@ class PerfBudgetPlugin:
                 error = ""
                 if heap is None:
                     tracer = HeapTracer()
-                    self.instrumented = True
-                    try:
-                        with tracer:
-                            error = self._rerun(item)
-                    finally:
-                        self.instrumented = False
+                    with self._instrumented(), tracer:
+                        error = self._rerun(item)
                     heap = tracer.result
                 if error:
                     results.append(BudgetResult(
@@ -956,6 +959,15 @@ class PerfBudgetPlugin:
             terminalreporter.write_line(line)
         for path in self.report_paths:
             terminalreporter.write_line(f"perfkit report written to {path}")
+
+
+def _only_run_traced(heap_inline: bool, counter: CallCounter | str | None) -> str:
+    """Why the only run (rerun=False) cannot be timed, or ``""``."""
+    if heap_inline:
+        return "the only run was traced for memory (rerun=False)"
+    if isinstance(counter, CallCounter):
+        return "the only run was counted for calls (rerun=False)"
+    return ""
 
 
 def _load_average() -> list[float] | None:

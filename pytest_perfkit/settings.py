@@ -21,7 +21,7 @@ from perfkit.measure.stats import Margins
 from perfkit.measure.units import parse_duration
 from pytest_perfkit.budgets import BUDGET_KEYWORDS, Budget, _count, _flag, layer
 
-__all__ = ["SETTINGS", "Settings", "add_options", "cli_name", "load_settings"]
+__all__ = ["SETTINGS", "Settings", "add_options", "cli_name", "load_settings", "option_dest"]
 
 
 def _fraction(value: object, name: str) -> float:
@@ -164,7 +164,7 @@ def cli_name(name: str) -> str:
     return "--perf-budget-" + name.replace("_", "-")
 
 
-def _dest(name: str) -> str:
+def option_dest(name: str) -> str:
     return "perf_budget_" + name
 
 
@@ -182,27 +182,27 @@ def add_options(parser: pytest.Parser) -> None:
     )
     for keyword in BUDGET_KEYWORDS.values():
         group.addoption(cli_name(keyword.name), action="store", default=None,
-                        dest=_dest(keyword.name),
+                        dest=option_dest(keyword.name),
                         help=f"default budget: {keyword.help}".replace("%", "%%"))
-        parser.addini(_dest(keyword.name), f"perfkit default budget: {keyword.help}",
+        parser.addini(option_dest(keyword.name), f"perfkit default budget: {keyword.help}",
                       default=None)
     for setting in SETTINGS.values():
         if setting.name != "report":
             group.addoption(cli_name(setting.name), action="store", default=None,
-                            dest=_dest(setting.name),  # argparse %-formats help texts
+                            dest=option_dest(setting.name),  # argparse %-formats help texts
                             help=setting.help.replace("%", "%%"))
-        parser.addini(_dest(setting.name), f"perfkit: {setting.help}", default=None)
+        parser.addini(option_dest(setting.name), f"perfkit: {setting.help}", default=None)
 
 
 def _layers(config: pytest.Config, name: str) -> list[tuple[str, object]]:
     found: list[tuple[str, object]] = []
-    ini = config.getini(_dest(name))
+    ini = config.getini(option_dest(name))
     if ini not in (None, "", []):
         found.append((f"ini perf_budget_{name}", ini))
     env_name = "PERF_BUDGET_" + name.upper()
     if os.environ.get(env_name, "") != "":
         found.append((f"env {env_name}", os.environ[env_name]))
-    cli = getattr(config.option, _dest(name), None)
+    cli = getattr(config.option, option_dest(name), None)
     if name == "report" and config.option.perf_report:
         cli = config.option.perf_report
     if cli is not None:

@@ -176,7 +176,10 @@ class TimedRuns:
 
     def samples(self, kind: str) -> list[float]:
         """Per-run judged times: ``"cpu"`` for CPU time, anything else for latency."""
-        pairs = zip(self.timings, self.factors())
+        return self._divided(kind, self.factors())
+
+    def _divided(self, kind: str, factors: list[float]) -> list[float]:
+        pairs = zip(self.timings, factors, strict=True)
         if kind == "cpu":
             return [t.cpu / f for t, f in pairs]
         return [normalise(self._latency(t), t.cpu, f) for t, f in pairs]
@@ -197,11 +200,7 @@ class TimedRuns:
     def statistic_at_typical(self, kind: str) -> float:
         """The statistic with every run divided by the session's typical factor instead of
         the factor of its own moment: what the runs say if that moment was not unusual."""
-        factor = self.typical_factor()
-        if kind == "cpu":
-            return statistics.median(t.cpu / factor for t in self.timings)
-        return statistics.median(normalise(self._latency(t), t.cpu, factor)
-                                 for t in self.timings)
+        return statistics.median(self._divided(kind, [self.typical_factor()] * self.count))
 
     def raw_min(self, kind: str) -> float:
         """The best run before the machine factor was divided out."""
